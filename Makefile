@@ -1,0 +1,40 @@
+# Two commands matter (see README): `make demo` and `make test`.
+# Both create .venv and install everything they need on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU wheel; any other request pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the end-to-end tests need: a real browser and Go's text/template (Ollama's engine).
+system-deps:
+	@command -v chromium >/dev/null && command -v go >/dev/null || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium golang-go >/dev/null; }
+
+# The main job: the whole pipeline on the embedded default, ending in the chat app.
+demo: install
+	$(PY) -m training.pipeline --serve
+
+# All tests.
+test: install system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) -m training.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""mlzero training package."""
