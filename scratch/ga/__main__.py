@@ -1,0 +1,5 @@
+import sys
+
+from scratch.ga.cli import main
+
+sys.exit(main())
