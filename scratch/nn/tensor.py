@@ -12,6 +12,7 @@ This file holds the Tensor and the elementwise/shape/reduction ops; the layer-si
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -214,16 +215,32 @@ class Tensor:
         return Tensor.from_op(out, (self,), lambda g: self.add_grad(g * (out > 0)))
 
     def gelu(self) -> Tensor:
-        """GELU, tanh approximation (GPT-2's; PyTorch's gelu(approximate='tanh'))."""
+        """GELU, tanh approximation (GPT-2's; PyTorch's gelu(approximate='tanh')).
+
+        Written with in-place numpy ops: on big activations, temporaries cost more than math.
+        """
         x = self.data
-        c = np.sqrt(2 / np.pi).astype(x.dtype)
-        inner = c * (x + 0.044715 * x**3)
-        t = np.tanh(inner)
-        out = 0.5 * x * (1 + t)
+        c, k = math.sqrt(2 / math.pi), 0.044715  # Python floats: numpy scalars would upcast
+        x2 = x * x
+        t = x2 * (c * k)
+        t += c
+        t *= x  # c * (x + k x^3)
+        np.tanh(t, out=t)
+        out = t + 1
+        out *= x
+        out *= 0.5
 
         def backward(g):
-            d_inner = c * (1 + 3 * 0.044715 * x * x)
-            self.add_grad(g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner))
+            # d/dx = 0.5 * [(1 + t) + x (1 - t^2) c (1 + 3k x^2)]
+            d = t * t
+            np.subtract(1, d, out=d)
+            d *= x
+            d *= x2 * (3 * k * c) + c
+            d += t
+            d += 1
+            d *= 0.5
+            d *= g
+            self.add_grad(d)
 
         return Tensor.from_op(out, (self,), backward)
 
@@ -280,10 +297,18 @@ class Tensor:
 
         def backward(g):
             grad = np.zeros_like(self.data)
-            np.add.at(grad, index, g)  # add.at: repeated indices accumulate
+            if _is_basic(index):  # ints and slices pick each element at most once
+                grad[index] = g
+            else:
+                np.add.at(grad, index, g)  # fancy indices may repeat: add.at accumulates
             self.add_grad(grad)
 
         return Tensor.from_op(self.data[index], (self,), backward)
+
+
+def _is_basic(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in items)
 
 
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
