@@ -63,7 +63,7 @@ def save_gif(
 
     h, w = frames[0].shape
     block = max(1, -(-max(h, w) // max_pixels))
-    scale = max(1, max_pixels // (max(h, w) // block) // 2) if max(h, w) < max_pixels // 2 else 1
+    scale = max(1, max_pixels // max(h, w)) if block == 1 else 1
     flat_palette = [c for rgb in palette for c in rgb]
     flat_palette += [0] * (768 - len(flat_palette))
     images = []
