@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 PROGRAM_SIZE = 64
 TAPE_SIZE = 2 * PROGRAM_SIZE
@@ -47,6 +48,49 @@ for _char, _op in zip("<>{}-+.,[]", range(1, 11), strict=True):
 # ---------------------------------------------------------------- interpreter
 
 
+@njit(cache=True, inline="always")
+def _next_code(lo, hi, p):
+    """Smallest position >= p holding an instruction (bitmaps lo: 0..63, hi: 64..127), or 128."""
+    if p < 64:
+        m = lo >> np.uint64(p)
+        if m:
+            return p + trailing_zeros(m)
+        p = 64
+    if p < 128:
+        m = hi >> np.uint64(p - 64)
+        if m:
+            return p + trailing_zeros(m)
+    return 128
+
+
+@njit(cache=True, inline="always")
+def _prev_code(lo, hi, p):
+    """Largest position <= p holding an instruction, or -1."""
+    if p >= 64:
+        m = hi << np.uint64(127 - p)
+        if m:
+            return p - leading_zeros(m)
+        p = 63
+    if p >= 0:
+        m = lo << np.uint64(63 - p)
+        if m:
+            return p - leading_zeros(m)
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _mark(lo, hi, pos, value, opcode):
+    """Bitmaps after tape[pos] = value."""
+    one = np.uint64(1)
+    if pos < 64:
+        bit = one << np.uint64(pos)
+        lo = (lo | bit) if opcode[value] else (lo & ~bit)
+    else:
+        bit = one << np.uint64(pos - 64)
+        hi = (hi | bit) if opcode[value] else (hi & ~bit)
+    return lo, hi
+
+
 @njit(cache=True)
 def _run_tape(tape, max_steps, opcode, snapshot):
     """Run one 128-byte tape in place; return the number of executed positions (steps).
@@ -57,6 +101,10 @@ def _run_tape(tape, max_steps, opcode, snapshot):
     When the state comes back, the run is periodic and can never halt: only the position in the
     cycle at the step limit matters, so we run (steps left) mod (period) more steps and report
     max_steps. `snapshot` is a 128-byte scratch buffer for the saved tape.
+
+    Second trick: two 64-bit bitmaps mark which positions hold instructions (kept up to date on
+    every write), so runs of no-op bytes are skipped in one step-count addition and bracket
+    scans hop from instruction to instruction.
     """
     pc = 0
     head0 = 0
@@ -71,10 +119,23 @@ def _run_tape(tape, max_steps, opcode, snapshot):
     jumps_since_snap = 0
     snap_interval = 1
     changed = False  # any byte changed value since the snapshot
+    lo = np.uint64(0)
+    hi = np.uint64(0)
+    for i in range(TAPE_SIZE):
+        lo, hi = _mark(lo, hi, i, tape[i], opcode)
     while steps < limit:
         op = opcode[tape[pc]]
         if op == NOOP:
-            pass
+            # Skip to the next instruction: each no-op position still costs a step.
+            gap = _next_code(lo, hi, pc) - pc
+            if steps + gap >= limit:
+                steps = limit
+                break
+            steps += gap
+            pc += gap
+            if pc >= TAPE_SIZE:
+                break
+            continue
         elif op == DEC0:
             head0 = (head0 - 1) & 127
         elif op == INC0:
@@ -85,22 +146,26 @@ def _run_tape(tape, max_steps, opcode, snapshot):
             head1 = (head1 + 1) & 127
         elif op == MINUS:
             tape[head0] -= 1
+            lo, hi = _mark(lo, hi, head0, tape[head0], opcode)
             changed = True
         elif op == PLUS:
             tape[head0] += 1
+            lo, hi = _mark(lo, hi, head0, tape[head0], opcode)
             changed = True
         elif op == COPY01:
             if tape[head1] != tape[head0]:
                 tape[head1] = tape[head0]
+                lo, hi = _mark(lo, hi, head1, tape[head1], opcode)
                 changed = True
         elif op == COPY10:
             if tape[head0] != tape[head1]:
                 tape[head0] = tape[head1]
+                lo, hi = _mark(lo, hi, head0, tape[head0], opcode)
                 changed = True
         elif op == OPEN:
             if tape[head0] == 0:
                 depth = 1
-                pos = pc + 1
+                pos = _next_code(lo, hi, pc + 1)
                 while pos < TAPE_SIZE:
                     o = opcode[tape[pos]]
                     if o == CLOSE:
@@ -109,14 +174,14 @@ def _run_tape(tape, max_steps, opcode, snapshot):
                             break
                     elif o == OPEN:
                         depth += 1
-                    pos += 1
+                    pos = _next_code(lo, hi, pos + 1)
                 if depth != 0:  # unmatched: halt
                     return steps + 1
                 pc = pos
         else:  # CLOSE
             if tape[head0] != 0:
                 depth = 1
-                pos = pc - 1
+                pos = _prev_code(lo, hi, pc - 1)
                 while pos >= 0:
                     o = opcode[tape[pos]]
                     if o == OPEN:
@@ -125,7 +190,7 @@ def _run_tape(tape, max_steps, opcode, snapshot):
                             break
                     elif o == CLOSE:
                         depth += 1
-                    pos -= 1
+                    pos = _prev_code(lo, hi, pos - 1)
                 if depth != 0:  # unmatched: halt
                     return steps + 1
                 if detecting:
