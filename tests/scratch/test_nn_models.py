@@ -15,7 +15,7 @@ import torch.nn.functional as TF
 
 from scratch.nn import functional as F
 from scratch.nn.data import CharDataset, DataLoader, load_mnist, read_idx
-from scratch.nn.modules import GPT, Linear, ReLU, Sequential, TransformerBlock
+from scratch.nn.modules import GPT, RNN, Linear, ReLU, Sequential, TransformerBlock
 from scratch.nn.optim import SGD, AdamW, clip_grad_norm, cosine_lr, count_denormals
 from scratch.nn.tensor import Tensor
 
@@ -259,3 +259,26 @@ def test_small_gpt_learns_a_repeating_text_and_samples_it():
     assert losses[-1] < 0.3 * losses[0]
     text = data.decode(model.generate(data.encode("the cat")[None], 17, rng, temperature=0.1)[0])
     assert text.startswith("the cat sat on the")
+
+
+def test_rnn_matches_pytorch_rnn():
+    torch.manual_seed(2)
+    t_rnn = tnn.RNN(3, 5, batch_first=True).double()
+    rnn = RNN(3, 5)
+    to64(rnn)
+    rnn.load_state_dict(
+        {
+            "input.weight": t_rnn.weight_ih_l0.detach().numpy(),
+            "input.bias": (t_rnn.bias_ih_l0 + t_rnn.bias_hh_l0).detach().numpy(),
+            "hidden.weight": t_rnn.weight_hh_l0.detach().numpy(),
+        }
+    )
+    x = np.random.default_rng(2).normal(size=(2, 6, 3))
+    out = rnn(Tensor(x))
+    (out * out).sum().backward()
+    t_out, _ = t_rnn(torch.from_numpy(x))
+    (t_out * t_out).sum().backward()
+    assert rel_err(out.data, t_out.detach().numpy()) <= 1e-10
+    assert rel_err(rnn.hidden.weight.grad, t_rnn.weight_hh_l0.grad) <= 1e-9
+    assert rel_err(rnn.input.weight.grad, t_rnn.weight_ih_l0.grad) <= 1e-9
+    assert rel_err(rnn.input.bias.grad, t_rnn.bias_ih_l0.grad) <= 1e-9

@@ -1,0 +1,110 @@
+"""python -m scratch.nn.figures [--out docs/figures] — the figures of docs/nn.md.
+
+Trains the three runs briefly (about a minute on 2 cores) and writes:
+  nn_loss_curves.png   training loss per step: digits MLP, digits CNN, char-GPT
+  nn_conv_filters.png  the CNN's 16 learned first-layer 3x3 filters
+  nn_attention.png     where each head of the GPT's first block looks, on a line of text
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from scratch.nn import train  # noqa: E402
+from scratch.nn.data import CharDataset, default_text  # noqa: E402
+from scratch.nn.modules import GPT  # noqa: E402
+from scratch.nn.tensor import no_grad  # noqa: E402
+
+
+def smooth(values, window: int = 20) -> np.ndarray:
+    values = np.asarray(values)
+    if len(values) < window:
+        return values
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def attention_maps(model: GPT, idx: np.ndarray) -> np.ndarray:
+    """Attention probabilities (heads, T, T) of the first block for one sequence."""
+    block = model.blocks[0]
+    with no_grad():
+        x = model.tok_emb(idx) + model.pos_emb(np.arange(idx.shape[1]))
+        b, t, dim = x.shape
+        heads = block.attn.n_head
+        qkv = block.attn.qkv(block.ln1(x)).data.reshape(b, t, 3, heads, dim // heads)
+        q, k = qkv[:, :, 0].transpose(0, 2, 1, 3), qkv[:, :, 1].transpose(0, 2, 1, 3)
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dim // heads)
+        scores[..., np.triu(np.ones((t, t), bool), 1)] = -np.inf
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        return (probs / probs.sum(-1, keepdims=True))[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scratch.nn.figures", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("docs/figures"))
+    parser.add_argument("--gpt-epochs", type=int, default=2)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    threadpool_limits(1)
+
+    mlp = train.run_digits("mlp", 20, seed=0)
+    cnn = train.run_digits("cnn", 20, seed=0)
+    text = default_text()
+    gpt = train.run_char_gpt(args.gpt_epochs, seed=0, text=text)
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for ax, run in zip(axes, (mlp, cnn, gpt), strict=True):
+        ax.plot(run["history"], alpha=0.3, lw=0.6, color="tab:blue")
+        ax.plot(
+            np.arange(19, 19 + len(smooth(run["history"]))),
+            smooth(run["history"]),
+            color="tab:blue",
+        )
+        note = (
+            f"test acc {run['test_accuracy']:.3f}"
+            if run["test_accuracy"]
+            else f"val loss {run['val_loss']:.2f}"
+        )
+        ax.set(title=f"{run['task']} ({note})", xlabel="step", yscale="log")
+    axes[0].set_ylabel("cross-entropy loss")
+    fig.tight_layout()
+    fig.savefig(args.out / "nn_loss_curves.png", dpi=80)
+    plt.close(fig)
+
+    filters = cnn["model"].layers[0].weight.data[:, 0]  # (16, 3, 3)
+    fig, axes = plt.subplots(2, 8, figsize=(8, 2.3))
+    for ax, f in zip(axes.flat, filters, strict=True):
+        limit = np.abs(f).max()
+        ax.imshow(f, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_axis_off()
+    fig.suptitle("digits CNN: learned first-layer 3x3 filters (red +, blue -)")
+    fig.savefig(args.out / "nn_conv_filters.png", dpi=80)
+    plt.close(fig)
+
+    data = CharDataset(text)
+    line = "def update(self, other): return self.items"[: gpt["model"].block_size]
+    maps = attention_maps(gpt["model"], data.encode(line)[None])
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4))
+    for head, (ax, m) in enumerate(zip(axes, maps, strict=True)):
+        ax.imshow(m, cmap="viridis")
+        ax.set_xticks(range(len(line)), list(line), fontsize=5, family="monospace")
+        ax.set_yticks(range(len(line)), list(line), fontsize=5, family="monospace")
+        ax.set_title(f"head {head}", fontsize=9)
+    fig.suptitle("char-GPT block 1: row = query position, column = position attended to")
+    fig.tight_layout()
+    fig.savefig(args.out / "nn_attention.png", dpi=80)
+    plt.close(fig)
+    print("\n".join(str(p) for p in sorted(args.out.glob("nn_*.png"))))
+    print(f"sample after {args.gpt_epochs * train.STEPS_PER_EPOCH} steps:\n{gpt['sample']}")
+
+
+if __name__ == "__main__":
+    main()
