@@ -88,7 +88,7 @@ def breed(
         parents = tournament(scores, 2 * n, rng, settings.tournament_size)
     else:
         parents = SELECTIONS[settings.selection](scores, 2 * n, rng)
-    a, b = population[parents[:n]], population[parents[n:]]
+    a, b = np.take(population, parents[:n], axis=0), np.take(population, parents[n:], axis=0)
     if settings.crossover == "blend":
         children = blend(a, b, rng, settings.crossover_rate, settings.blend_alpha)
         np.clip(children, genome.low, genome.high, out=children)

@@ -7,6 +7,8 @@ first parent through unchanged. Mutation changes a population in place.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from scratch.ga.genome import Genome
@@ -49,12 +51,21 @@ SELECTIONS = {"tournament": tournament, "roulette": roulette, "rank": rank}
 # ---------------------------------------------------------------- crossover
 
 
+@functools.lru_cache(maxsize=8)
+def _prefix_masks(length: int) -> np.ndarray:
+    """Row c is c Trues then Falses: one gather of rows builds every child's cut mask, several
+    times faster than broadcasting a comparison at population 1000 x 1000 genes."""
+    return np.arange(length) < np.arange(length + 1)[:, None]
+
+
 def one_point(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:
     """Child takes genes [0, cut) from a and [cut, L) from b."""
     n, length = a.shape
     cut = rng.integers(1, max(length, 2), n)
     cut[rng.random(n) >= rate] = length  # not crossed: all genes from a
-    return np.where(np.arange(length) < cut[:, None], a, b)
+    child = b.copy()
+    np.copyto(child, a, where=_prefix_masks(length)[cut])
+    return child
 
 
 def uniform(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:

@@ -26,10 +26,10 @@ N_FEATURES = 9
 
 class Snake:
     name = "snake"
-    description = "Snake on a 10x10 board; genome = weights of a small policy net (neuroevolution)"
+    description = "Snake on a 16x16 board; genome = weights of a small policy net (neuroevolution)"
 
     def __init__(
-        self, size: int = 10, episodes: int = 4, hidden: int = 8, seed: int = 0, hunger: int = 100
+        self, size: int = 16, episodes: int = 12, hidden: int = 8, hunger: int = 128, seed: int = 0
     ) -> None:
         self.size, self.episodes = size, episodes
         self.hunger = hunger
@@ -43,8 +43,8 @@ class Snake:
             "crossover": "uniform",
             "crossover_rate": 0.5,
             "mutation_rate": 0.1,
-            "sigma": 0.05,
-            "elitism": 4,
+            "sigma": 0.1,
+            "elitism": 2,
         }
 
     # ------------------------------------------------------------ simulation
