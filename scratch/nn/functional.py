@@ -17,21 +17,23 @@ from scratch.nn.tensor import Tensor, unbroadcast
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias, with weight shaped (out, in) as in PyTorch."""
-    out = x.data @ weight.data.T
+    # (B, T, in) as one (B*T, in) matrix: numpy would run B small matmuls on the 3-D array
+    x2 = x.data.reshape(-1, x.shape[-1])
+    out = x2 @ weight.data.T
     if bias is not None:
         out += bias.data
 
     def backward(g):
         g2 = g.reshape(-1, g.shape[-1])
         if weight.requires_grad:
-            weight.add_grad(g2.T @ x.data.reshape(-1, x.shape[-1]))
+            weight.add_grad(g2.T @ x2)
         if bias is not None and bias.requires_grad:
             bias.add_grad(g2.sum(axis=0))
         if x.requires_grad:  # skipped for the input batch, which never needs a gradient
-            x.add_grad(g @ weight.data)
+            x.add_grad((g2 @ weight.data).reshape(x.shape))
 
     parents = (x, weight) if bias is None else (x, weight, bias)
-    return Tensor.from_op(out, parents, backward)
+    return Tensor.from_op(out.reshape(*x.shape[:-1], -1), parents, backward)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -96,11 +98,11 @@ def embedding(weight: Tensor, indices: np.ndarray) -> Tensor:
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
     """Normalise the last axis to mean 0, variance 1, then scale and shift."""
-    mean = x.data.mean(axis=-1, keepdims=True)
-    centered = x.data - mean
-    inv_std = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
-    normed = centered * inv_std
-    out = normed * weight.data + bias.data
+    normed = x.data - x.data.mean(axis=-1, keepdims=True)
+    inv_std = 1.0 / np.sqrt((normed * normed).mean(axis=-1, keepdims=True) + eps)
+    normed *= inv_std
+    out = normed * weight.data
+    out += bias.data
 
     def backward(g):
         if weight.requires_grad:
@@ -108,15 +110,13 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
         if bias.requires_grad:
             bias.add_grad(unbroadcast(g, bias.shape))
         if x.requires_grad:
+            # dx = inv_std * (g' - mean(g') - normed * mean(g' * normed)), g' = g * weight
             g_normed = g * weight.data
-            x.add_grad(
-                inv_std
-                * (
-                    g_normed
-                    - g_normed.mean(axis=-1, keepdims=True)
-                    - normed * (g_normed * normed).mean(axis=-1, keepdims=True)
-                )
-            )
+            dx = normed * (g_normed * normed).mean(axis=-1, keepdims=True)
+            np.subtract(g_normed, dx, out=dx)
+            dx -= g_normed.mean(axis=-1, keepdims=True)
+            dx *= inv_std
+            x.add_grad(dx)
 
     return Tensor.from_op(out, (x, weight, bias), backward)
 
@@ -129,37 +129,65 @@ def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator) -> Te
     return Tensor.from_op(x.data * mask, (x,), lambda g: x.add_grad(g * mask))
 
 
+def _attention_probs(q: np.ndarray, k: np.ndarray, causal: bool) -> np.ndarray:
+    """softmax(q k^T / sqrt(d) + mask) for contiguous arrays (..., T, d)."""
+    scores = q @ np.swapaxes(k, -1, -2)
+    scores *= 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
+    if causal:  # adding -inf above the diagonal: exp(-inf) = 0, no weight on the future
+        t_q, t_k = scores.shape[-2:]
+        scores += np.triu(np.full((t_q, t_k), -np.inf, scores.dtype), k=1 + t_k - t_q)
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores, out=scores)  # in place: the T x T arrays are the big ones here
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def _attention_grads(g, q, k, v, probs):
+    """Gradients w.r.t. q, k, v of out = probs @ v, given g = d loss / d out."""
+    g_v = np.swapaxes(probs, -1, -2) @ g
+    g_scores = g @ np.swapaxes(v, -1, -2)  # gradient w.r.t. probs, then in place:
+    # softmax backward, then the 1/sqrt(d) scale; masked entries have probs 0, so grad 0
+    g_scores -= (g_scores * probs).sum(axis=-1, keepdims=True)
+    g_scores *= probs
+    g_scores *= 1.0 / math.sqrt(q.shape[-1])
+    return g_scores @ k, np.swapaxes(g_scores, -1, -2) @ q, g_v
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v over shapes (..., T, d); causal hides the future."""
-    scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
-    # Batched matmul on strided views (heads sliced out of one qkv array) skips BLAS: copy once.
+    # Batched matmul on strided views (e.g. heads sliced from one array) skips BLAS: copy once.
     q_data, k_data, v_data = (np.ascontiguousarray(t.data) for t in (q, k, v))
-    scores = q_data @ np.swapaxes(k_data, -1, -2)
-    scores *= scale
-    if causal:
-        t_q, t_k = scores.shape[-2:]
-        future = np.triu(np.ones((t_q, t_k), dtype=bool), k=1 + t_k - t_q)
-        scores[..., future] = -np.inf  # exp(-inf) = 0: no weight on later positions
-    scores -= scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    out = probs @ v_data
+    probs = _attention_probs(q_data, k_data, causal)
 
     def backward(g):
-        g = np.ascontiguousarray(g)
-        if v.requires_grad:
-            v.add_grad(np.swapaxes(probs, -1, -2) @ g)
-        g_scores = g @ np.swapaxes(v_data, -1, -2)  # gradient w.r.t. probs, then in place:
-        # softmax backward, then the 1/sqrt(d) scale; masked entries have probs 0, so grad 0
-        g_scores -= (g_scores * probs).sum(axis=-1, keepdims=True)
-        g_scores *= probs
-        g_scores *= scale
-        if q.requires_grad:
-            q.add_grad(g_scores @ k_data)
-        if k.requires_grad:
-            k.add_grad(np.swapaxes(g_scores, -1, -2) @ q_data)
+        grads = _attention_grads(np.ascontiguousarray(g), q_data, k_data, v_data, probs)
+        for t, grad in zip((q, k, v), grads, strict=True):
+            t.add_grad(grad)
 
-    return Tensor.from_op(out, (q, k, v), backward)
+    return Tensor.from_op(probs @ v_data, (q, k, v), backward)
+
+
+def multi_head_attention(qkv: Tensor, n_head: int, causal: bool = True) -> Tensor:
+    """Attention for packed projections: qkv (B, T, 3*dim) -> merged heads (B, T, dim).
+
+    The same maths as splitting qkv into q, k, v, reshaping to (B, heads, T, dim/heads) and
+    calling attention(), but as one graph node: its gradient comes back as one (B, T, 3*dim)
+    array instead of three zero-padded slices plus transposes.
+    """
+    b, t, three_dim = qkv.shape
+    dim = three_dim // 3
+    # (B, T, 3, heads, hd) -> (3, B, heads, T, hd): each head attends in its own subspace
+    heads = qkv.data.reshape(b, t, 3, n_head, dim // n_head).transpose(2, 0, 3, 1, 4)
+    q, k, v = (np.ascontiguousarray(x) for x in heads)
+    probs = _attention_probs(q, k, causal)
+    out = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, dim)
+
+    def backward(g):
+        g = np.ascontiguousarray(g.reshape(b, t, n_head, dim // n_head).transpose(0, 2, 1, 3))
+        g_heads = np.stack(_attention_grads(g, q, k, v, probs))  # (3, B, heads, T, hd)
+        qkv.add_grad(g_heads.transpose(1, 3, 0, 2, 4).reshape(b, t, three_dim))
+
+    return Tensor.from_op(out, (qkv,), backward)
 
 
 def conv2d(

@@ -209,11 +209,8 @@ class CausalSelfAttention(Module):
         self.n_head = n_head
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, dim = x.shape
-        # (B, T, 3*dim) -> (3, B, heads, T, head_dim): each head attends in its own subspace
-        qkv = self.qkv(x).reshape(b, t, 3, self.n_head, dim // self.n_head).transpose(2, 0, 3, 1, 4)
-        heads = F.attention(qkv[0], qkv[1], qkv[2], causal=True)
-        merged = heads.transpose(0, 2, 1, 3).reshape(b, t, dim)
+        # one matmul makes queries, keys and values for all heads; see F.multi_head_attention
+        merged = F.multi_head_attention(self.qkv(x), self.n_head, causal=True)
         return self.drop(self.proj(merged))
 
 

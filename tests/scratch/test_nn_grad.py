@@ -23,6 +23,13 @@ def pos(rng, *shape):  # strictly positive inputs for log, division, fractional 
     return rng.uniform(0.5, 2.0, shape)
 
 
+def torch_mha(qkv, n_head):
+    b, t, three_dim = qkv.shape
+    q, k, v = qkv.reshape(b, t, 3, n_head, -1).permute(2, 0, 3, 1, 4)
+    heads = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return heads.transpose(1, 2).reshape(b, t, three_dim // 3)
+
+
 def case_list(rng: np.random.Generator):
     """(name, scratch_fn, torch_fn, inputs) with shapes drawn from rng."""
     m, n, k, b = (int(v) for v in rng.integers(2, 7, size=4))
@@ -67,6 +74,7 @@ def case_list(rng: np.random.Generator):
         ("layer_norm", lambda x, w, c: F.layer_norm(x, w, c), lambda x, w, c: TF.layer_norm(x, (n,), w, c), [rng.normal(size=(b, m, n)), rng.normal(size=(n,)), rng.normal(size=(n,))]),
         ("attention_causal", lambda q, kk, v: F.attention(q, kk, v, causal=True), lambda q, kk, v: TF.scaled_dot_product_attention(q, kk, v, is_causal=True), [rng.normal(size=(b, heads, seq, d)) for _ in range(3)]),
         ("attention_full", lambda q, kk, v: F.attention(q, kk, v, causal=False), lambda q, kk, v: TF.scaled_dot_product_attention(q, kk, v), [rng.normal(size=(b, heads, seq, d)) for _ in range(3)]),
+        ("multi_head_attention", lambda x: F.multi_head_attention(x, heads), lambda x: torch_mha(x, heads), [rng.normal(size=(b, seq, 3 * heads * d))]),
         ("conv2d", lambda x, w, c: F.conv2d(x, w, c), TF.conv2d, [rng.normal(size=(2, 3, m + 3, n + 3)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=(4,))]),
         ("conv2d_stride_pad", lambda x, w: F.conv2d(x, w, None, stride=2, padding=1), lambda x, w: TF.conv2d(x, w, None, stride=2, padding=1), [rng.normal(size=(2, 2, m + 4, n + 4)), rng.normal(size=(3, 2, 3, 2))]),
         ("max_pool2d", lambda x: F.max_pool2d(x, 2), lambda x: TF.max_pool2d(x, 2), [rng.normal(size=(2, 3, 2 * m + 1, 2 * n))]),
