@@ -14,6 +14,7 @@ import torch.nn as tnn
 import torch.nn.functional as TF
 
 from scratch.nn import functional as F
+from scratch.nn import train
 from scratch.nn.data import CharDataset, DataLoader, load_mnist, read_idx
 from scratch.nn.modules import GPT, RNN, Linear, ReLU, Sequential, TransformerBlock
 from scratch.nn.optim import SGD, AdamW, clip_grad_norm, cosine_lr, count_denormals
@@ -197,6 +198,8 @@ def test_mnist_reader_on_generated_idx_files(tmp_path):
     x_train, y_train, x_test, y_test = load_mnist(tmp_path)
     assert x_train.shape == (5, 1, 28, 28) and x_test.shape == (2, 1, 28, 28)
     assert np.allclose(x_train[:, 0] * 255, images) and np.array_equal(y_train, labels)
+    run = train.run_mnist(str(tmp_path), epochs=1)  # the whole mnist-mlp path, on 5 images
+    assert run["task"] == "mnist-mlp" and 0.0 <= run["test_accuracy"] <= 1.0
     write_idx(tmp_path / "f.idx", np.arange(6, dtype=np.float32).reshape(2, 3), 0x0D)
     assert np.array_equal(read_idx(tmp_path / "f.idx"), np.arange(6).reshape(2, 3))
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
@@ -282,3 +285,10 @@ def test_rnn_matches_pytorch_rnn():
     assert rel_err(rnn.hidden.weight.grad, t_rnn.weight_hh_l0.grad) <= 1e-9
     assert rel_err(rnn.input.weight.grad, t_rnn.weight_ih_l0.grad) <= 1e-9
     assert rel_err(rnn.input.bias.grad, t_rnn.bias_ih_l0.grad) <= 1e-9
+
+
+def test_digits_cnn_learns_in_one_epoch():
+    result = train.run_digits("cnn", epochs=1, seed=0)
+    assert result["task"] == "digits-cnn"
+    assert result["test_accuracy"] > 0.8  # chance is 0.1
+    assert result["history"][-1] < result["history"][0]
