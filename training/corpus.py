@@ -1,0 +1,61 @@
+"""The pretraining corpus, built on the machine from text every Python install carries.
+
+Why pydoc: the standard library's own documentation is several MB of English prose that any
+machine with Python has, so the default pipeline needs no download and no data files in git.
+To it we add plain-text facts from the training split of the chat tasks (see tasks.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import pydoc
+import random
+
+from training import tasks
+
+# Modules whose documentation reads well and whose import has no side effects.
+PYDOC_MODULES = (
+    "abc argparse array ast asyncio base64 bisect calendar cmath codecs collections colorsys "
+    "configparser contextlib copy csv dataclasses datetime decimal difflib dis doctest email enum "
+    "filecmp fnmatch fractions functools gettext glob graphlib gzip hashlib heapq hmac html "
+    "http.client inspect io ipaddress itertools json keyword locale logging lzma math mimetypes "
+    "numbers operator os pathlib pickle platform pprint queue random re sched secrets selectors "
+    "shlex shutil signal socket sqlite3 statistics string struct subprocess tarfile tempfile "
+    "textwrap threading time timeit tokenize traceback types typing unicodedata unittest "
+    "urllib.parse uuid warnings weakref zipfile zlib"
+).split()
+
+
+def pydoc_documents(max_chars: int) -> list[str]:
+    """Plain-text pydoc pages, cut into paragraphs, until max_chars are collected."""
+    docs: list[str] = []
+    total = 0
+    for name in PYDOC_MODULES:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                module = importlib.import_module(name)
+            page = pydoc.render_doc(module, renderer=pydoc.plaintext)
+        except Exception:  # a module missing on this platform is simply skipped
+            continue
+        for para in page.split("\n\n"):
+            para = "\n".join(line.strip() for line in para.splitlines()).strip()
+            if len(para) < 40 or not para.isascii():
+                continue
+            docs.append(para)
+            total += len(para)
+            if total >= max_chars:
+                return docs
+    return docs
+
+
+def build_documents(max_pydoc_chars: int = 1_500_000, seed: int = 0) -> list[str]:
+    """Documents for pretraining: pydoc paragraphs and task-fact blocks, shuffled together."""
+    rng = random.Random(seed)
+    docs = pydoc_documents(max_pydoc_chars)
+    lines = tasks.pretraining_lines(rng)
+    block = 16  # facts per document, so a 128-token window holds several
+    docs += ["\n".join(lines[i : i + block]) for i in range(0, len(lines), block)]
+    rng.shuffle(docs)
+    return docs

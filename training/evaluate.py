@@ -1,0 +1,105 @@
+"""Score a chat model on held-out questions: exact-match accuracy per task, and perplexity.
+
+    python -m training.evaluate --model models/tiny-chat [--runtime torch|onnx|gguf] --json OUT.json
+
+Questions come from the held-out split of training/tasks.py: none of them appears in pretraining
+text or in the fine-tuning set. Any runtime is scored through serving.backends, the same
+interface the chat app uses. Perplexity is exp(mean loss on the reference answers' tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from serving.backends import RUNTIMES, Backend, BackendError, load_backend
+from training import tasks
+from training.common import UsageError, atomic_write_json, cli_main
+
+
+def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch: int = 64,
+                         max_new_tokens: int = 32) -> dict:
+    """{"tasks": {task: {"accuracy", "n", "correct"}}, "samples": [...]} for one backend."""
+    correct: dict[str, int] = defaultdict(int)
+    total: dict[str, int] = defaultdict(int)
+    samples = []
+    for i in range(0, len(examples), batch):
+        chunk = examples[i : i + batch]
+        replies = backend.generate_batch([[{"role": "user", "content": ex.question}] for ex in chunk],
+                                         max_new_tokens=max_new_tokens)
+        for ex, reply in zip(chunk, replies):
+            ok = tasks.normalize_answer(reply) == tasks.normalize_answer(ex.answer)
+            correct[ex.task] += ok
+            total[ex.task] += 1
+            if total[ex.task] <= 3:
+                samples.append({"task": ex.task, "question": ex.question, "expected": ex.answer,
+                                "reply": reply, "correct": bool(ok)})
+    return {
+        "tasks": {t: {"accuracy": correct[t] / total[t], "n": total[t], "correct": correct[t]}
+                  for t in total},
+        "samples": samples,
+    }
+
+
+def answer_perplexity(model_dir: str | Path, examples: list[tasks.Example]) -> float:
+    """exp(mean next-token loss over assistant-answer tokens), computed with PyTorch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.chatdata import IGNORE, encode
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for ex in examples:
+            ids, labels = encode(tok, ex.messages(), max_len=10_000)
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            target = torch.tensor(labels[1:])
+            keep = target != IGNORE
+            losses = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
+            nll += float(losses)
+            count += int(keep.sum())
+    return math.exp(nll / max(1, count))
+
+
+def evaluate(model_dir: str | Path, runtime: str = "torch", per_task: int = 200,
+             seed: int = 0) -> dict:
+    """The evaluation report for one model folder and runtime (see module doc)."""
+    examples = tasks.held_out_examples(per_task, seed)
+    try:
+        backend = load_backend(model_dir, runtime)
+    except BackendError as err:
+        raise UsageError(str(err)) from None
+    report = exact_match_accuracy(backend, examples)
+    # Perplexity needs logits; llama.cpp's API does not return them, so it is always PyTorch's.
+    report["perplexity"] = round(answer_perplexity(model_dir, examples), 4)
+    report["perplexity_runtime"] = "torch"
+    return {"model": str(model_dir), "runtime": runtime, "per_task": per_task, **report}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, type=Path, help="model folder (e.g. models/tiny-chat)")
+    p.add_argument("--runtime", default="torch", choices=RUNTIMES)
+    p.add_argument("--per-task", type=int, default=200, help="held-out questions per task (max)")
+    p.add_argument("--seed", type=int, default=0, help="which held-out sample to draw")
+    p.add_argument("--json", type=Path, help="write the report here")
+    args = p.parse_args(argv)
+    if not (args.model / "config.json").exists():
+        raise UsageError(f"{args.model} holds no finished model; run: python -m training.finetune "
+                         f"--base models/tiny-base --out {args.model}")
+    if args.per_task < 1:
+        raise UsageError("--per-task must be >= 1")
+    report = evaluate(args.model, args.runtime, args.per_task, args.seed)
+    for task, r in report["tasks"].items():
+        print(f"{task:12s} {r['accuracy']:6.1%}  ({r['correct']}/{r['n']})")
+    print(f"{'perplexity':12s} {report['perplexity']:.3f}")
+    if args.json:
+        atomic_write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    cli_main(main)()

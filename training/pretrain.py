@@ -1,0 +1,188 @@
+"""Pretrain a tiny Llama from scratch on the local corpus: next-token prediction on raw text.
+
+    python -m training.pretrain --out models/tiny-base [--steps N] [--seed S] [--resume]
+
+Settings come from <out>/recipe.yaml (section `pretrain`) when it exists, then from flags.
+Writes a transformers model folder: config.json, model.safetensors, tokenizer files, a model
+card (README.md), loss.png and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from training import corpus
+from training import tokenizer as tokenizer_lib
+from training.common import UsageError, atomic_write_json, cli_main, set_seed
+from training.modelfolder import plot_loss, publish, read_recipe, staging_dir, write_card
+from training.trainer import TrainConfig, distributed, train
+
+DEFAULTS = {
+    "vocab_size": 2048,
+    "hidden_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 2,  # grouped-query attention: 3 query heads share each k/v head
+    "intermediate_size": 512,
+    "seq_len": 128,
+    "batch_size": 32,
+    "steps": 900,
+    "lr": 3e-3,
+    "warmup": 100,
+    "seed": 0,
+    "pydoc_chars": 1_500_000,
+    "checkpoint_every": 100,
+}
+
+
+def model_config(s: dict, tok: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=s["hidden_size"],
+        intermediate_size=s["intermediate_size"],
+        num_hidden_layers=s["num_hidden_layers"],
+        num_attention_heads=s["num_attention_heads"],
+        num_key_value_heads=s["num_key_value_heads"],
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def token_stream(docs: list[str], tok: PreTrainedTokenizerFast) -> np.ndarray:
+    """All documents as one array of ids, each followed by <|endoftext|>."""
+    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    eos = tok.convert_tokens_to_ids(tokenizer_lib.EOS)
+    return np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int64)
+
+
+@torch.no_grad()
+def mean_loss(model, windows: np.ndarray, batch: int = 64) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[i : i + batch])
+        total += float(model(input_ids=x, labels=x).loss) * len(x)
+        count += len(x)
+    return total / max(1, count)
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    s = {**DEFAULTS, **read_recipe(args.out, "pretrain")}
+    unknown = set(s) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown pretrain setting(s) in recipe: {', '.join(sorted(unknown))}")
+    for key in ("steps", "seed", "batch_size", "seq_len", "checkpoint_every"):
+        if getattr(args, key, None) is not None:
+            s[key] = getattr(args, key)
+    if s["steps"] < 1 or s["batch_size"] < 1 or s["seq_len"] < 8:
+        raise UsageError("steps and batch size must be >= 1 and seq-len >= 8")
+    if s["hidden_size"] % s["num_attention_heads"] or s["num_attention_heads"] % s["num_key_value_heads"]:
+        raise UsageError("hidden_size must divide by heads, and heads by key/value heads")
+    return s
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="model folder to write (e.g. models/tiny-base)")
+    p.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULTS['steps']})")
+    p.add_argument("--seed", type=int, help="seed for init and data order (default 0)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch, in sequences")
+    p.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    args = p.parse_args(argv)
+    s = settings_from(args)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    rank, world = distributed()
+    set_seed(s["seed"])
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+
+    # 1. Data and tokenizer. On resume, reuse the saved tokenizer so ids stay the same.
+    docs = corpus.build_documents(s["pydoc_chars"], seed=s["seed"])
+    ckpt = out / "checkpoint"
+    if args.resume and (ckpt / "tokenizer.json").exists():
+        tok = PreTrainedTokenizerFast.from_pretrained(ckpt)
+    else:
+        tok = tokenizer_lib.train_tokenizer(docs, s["vocab_size"])
+    stream = token_stream(docs, tok)
+    n_windows = len(stream) // s["seq_len"]
+    windows = stream[: n_windows * s["seq_len"]].reshape(n_windows, s["seq_len"])
+    n_val = max(1, n_windows // 50)
+    train_windows, val_windows = windows[:-n_val], windows[-n_val:]
+
+    # 2. Model, initialised from the seed.
+    config = model_config(s, tok)
+    torch.manual_seed(s["seed"])
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    if rank == 0:
+        print(f"model: {n_params / 1e6:.2f}M parameters; data: {len(stream):,} tokens "
+              f"({len(train_windows):,} windows of {s['seq_len']})")
+        if not (ckpt / "tokenizer.json").exists():
+            tok.save_pretrained(ckpt)  # the checkpoint folder is created here first
+
+    def get_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(train_windows[idx])
+        return {"input_ids": x, "labels": x, "attention_mask": torch.ones_like(x)}
+
+    cfg = TrainConfig(steps=s["steps"], lr=s["lr"], warmup=min(s["warmup"], s["steps"] // 2 or 1),
+                      batch_size=s["batch_size"], seed=s["seed"],
+                      checkpoint_every=s["checkpoint_every"])
+    result = train(model, get_batch, len(train_windows), cfg, ckpt, resume=args.resume, desc="pretrain")
+    if rank != 0:
+        return
+
+    # 3. Save the finished model: build in a staging dir, then move files in atomically.
+    val_loss = mean_loss(model, val_windows)
+    metrics = {
+        "parameters": n_params,
+        "steps": s["steps"],
+        "tokens_seen": result.tokens,
+        "train_seconds": round(result.seconds, 1),
+        "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9)),
+        "final_train_loss": result.history[-1][1],
+        "val_loss": round(val_loss, 4),
+        "val_perplexity": round(math.exp(val_loss), 3),
+        "world_size": world,
+        "rank_checksums": result.rank_checksums,
+    }
+    build = staging_dir(out)
+    model.save_pretrained(build, safe_serialization=True)
+    tok.save_pretrained(build)
+    atomic_write_json(build / "metrics.json", {**metrics, "history": result.history})
+    plot_loss(result.history, build / "loss.png", f"pretraining loss ({out.name})")
+    write_card(build / "README.md", f"{out.name}: a tiny Llama pretrained from scratch", {
+        "What": "A Llama-architecture causal language model built by `python -m training.pretrain`. "
+                "It continues text; it has not learned to chat (see the fine-tuned model).",
+        "Config": {k: getattr(config, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                   "num_hidden_layers", "num_attention_heads", "num_key_value_heads")},
+        "Data": f"{len(docs):,} documents: Python standard-library documentation (pydoc) and "
+                f"plain-text facts from the training split of the chat tasks; {len(stream):,} tokens.",
+        "Training": {k: s[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup", "seed")},
+        "Metrics": metrics,
+        "Loss curve": "![loss](loss.png)",
+    })
+    publish(build, out)
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+    print(json.dumps(metrics))
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    cli_main(main)()

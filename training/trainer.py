@@ -1,0 +1,205 @@
+"""One training loop for pretraining and fine-tuning: AdamW, warm-up + cosine schedule, gradient
+clipping, safetensors checkpoints that resume exactly, and data-parallel runs under
+`torchrun` / `accelerate launch` (gloo on CPU).
+
+Batches are a pure function of (seed, step): resuming at step k sees exactly the batches an
+uninterrupted run would have seen, so the final weights are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from training.common import AtomicDir, atomic_write_json, read_json
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float
+    warmup: int
+    batch_size: int  # global: split across data-parallel ranks
+    seed: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+
+@dataclass
+class TrainResult:
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    seconds: float = 0.0
+    tokens: int = 0  # tokens the model read, all ranks
+    resumed_from: int = 0
+    rank_checksums: list[str] = field(default_factory=list)  # sha256 of each rank's weights
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def epoch_sampler(n_items: int, batch: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the global batch at `step`: each epoch visits every item once, in an order
+    fixed by (seed, epoch)."""
+    flat = np.arange(step * batch, (step + 1) * batch)
+    epochs, pos = np.divmod(flat, n_items)
+    out = np.empty(batch, dtype=np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(e)]).permutation(n_items)
+        out[epochs == e] = perm[pos[epochs == e]]
+    return out
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world_size); joins the process group when launched by torchrun/accelerate."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(ckpt: Path, model, opt, step: int, result: TrainResult) -> None:
+    params = _trainable(model)
+    tensors, opt_tensors = {}, {}
+    for name, p in params.items():
+        tensors[name] = p.detach().contiguous()
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            if key in state:
+                opt_tensors[f"{name}::{key}"] = torch.as_tensor(state[key]).reshape(-1).clone()
+    with AtomicDir(ckpt) as tmp:
+        save_file(tensors, tmp / "trainable.safetensors")
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        atomic_write_json(
+            tmp / "state.json",
+            {"step": step, "history": result.history, "tokens": result.tokens,
+             "seconds": result.seconds},
+        )
+
+
+def load_checkpoint(ckpt: Path, model, opt, result: TrainResult) -> int:
+    params = _trainable(model)
+    tensors = load_file(ckpt / "trainable.safetensors")
+    opt_tensors = load_file(ckpt / "optimizer.safetensors")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+            if f"{name}::step" in opt_tensors:
+                opt.state[p] = {
+                    "step": opt_tensors[f"{name}::step"].reshape(()),
+                    "exp_avg": opt_tensors[f"{name}::exp_avg"].reshape(p.shape),
+                    "exp_avg_sq": opt_tensors[f"{name}::exp_avg_sq"].reshape(p.shape),
+                }
+    state = read_json(ckpt / "state.json")
+    result.history = [tuple(h) for h in state["history"]]
+    result.tokens = state["tokens"]
+    result.seconds = state["seconds"]
+    return int(state["step"])
+
+
+def train(
+    model: torch.nn.Module,
+    get_batch: Callable[[np.ndarray], dict[str, torch.Tensor]],
+    n_items: int,
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    resume: bool = False,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place. `get_batch(indices)` turns item indices into model inputs."""
+    rank, world = distributed()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
+    torch.manual_seed(cfg.seed)
+    params = _trainable(model)
+    decay = [p for p in params.values() if p.ndim >= 2]
+    no_decay = [p for p in params.values() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), foreach=True,
+    )
+    result = TrainResult()
+    start = 0
+    if resume and (checkpoint_dir / "state.json").exists():
+        start = load_checkpoint(checkpoint_dir, model, opt, result)
+        result.resumed_from = start
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    model.train()
+    local = cfg.batch_size // world
+    t0 = time.perf_counter() - result.seconds
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=rank != 0, initial=start,
+               total=cfg.steps, dynamic_ncols=True)
+    for step in bar:
+        idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed, step)[rank * local:(rank + 1) * local]
+        batch = get_batch(idx)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = net(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
+        opt.step()
+        result.tokens += int(batch["attention_mask"].sum()) * world
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            value = loss.detach()
+            if world > 1:
+                dist.all_reduce(value)
+                value /= world
+            result.history.append((step, round(float(value), 5)))
+            bar.set_postfix(loss=f"{float(value):.3f}", lr=f"{lr_at(step, cfg):.1e}")
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            result.seconds = time.perf_counter() - t0
+            if rank == 0:
+                save_checkpoint(checkpoint_dir, model, opt, done, result)
+            if world > 1:
+                dist.barrier()
+    result.seconds = time.perf_counter() - t0
+    result.rank_checksums = gather_checksums(model, world)
+    model.eval()
+    return result
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """sha256 over every parameter's bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(p.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gather_checksums(model: torch.nn.Module, world: int) -> list[str]:
+    """Each rank's checksum, so a data-parallel run can show its replicas stayed identical."""
+    mine = weights_checksum(model)
+    if world == 1:
+        return [mine]
+    every: list[str] = [""] * world
+    dist.all_gather_object(every, mine)
+    return every
