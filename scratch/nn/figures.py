@@ -1,4 +1,4 @@
-"""python -m scratch.nn.figures [--out docs/figures] — the figures of docs/nn.md.
+"""python -m scratch.nn.figures [--out DIR] — the figures of docs/nn.md (default docs/figures/).
 
 Trains the three runs briefly (about a minute on 2 cores) and writes:
   nn_loss_curves.png   training loss per step: digits MLP, digits CNN, char-GPT
@@ -49,7 +49,9 @@ def attention_maps(model: GPT, idx: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m scratch.nn.figures", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("docs/figures"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "figures"
+    )
     parser.add_argument("--gpt-epochs", type=int, default=2)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 DEFAULT_DTYPE = np.float32
+_CHUNK = 1 << 14  # elements per chunk in chunked elementwise ops: a few of them fit in L2
 _grad_enabled = True
 
 
@@ -217,32 +218,41 @@ class Tensor:
     def gelu(self) -> Tensor:
         """GELU, tanh approximation (GPT-2's; PyTorch's gelu(approximate='tanh')).
 
-        Written with in-place numpy ops: on big activations, temporaries cost more than math.
+        gelu(x) = 0.5 x (1 + t), t = tanh(c (x + k x^3)). It takes ~8 numpy passes; running
+        them on cache-sized chunks instead of the whole array makes it ~3x faster.
         """
-        x = self.data
         c, k = math.sqrt(2 / math.pi), 0.044715  # Python floats: numpy scalars would upcast
-        x2 = x * x
-        t = x2 * (c * k)
-        t += c
-        t *= x  # c * (x + k x^3)
-        np.tanh(t, out=t)
-        out = t + 1
-        out *= x
-        out *= 0.5
+        flat = self.data.reshape(-1)
+        out = np.empty_like(flat)
+        keep_slope = _grad_enabled and self.requires_grad
+        slope = np.empty_like(flat) if keep_slope else None  # d gelu / dx, for backward
+        for start in range(0, flat.size, _CHUNK):
+            x = flat[start : start + _CHUNK]
+            x2 = x * x
+            t = x2 * (c * k)
+            t += c
+            t *= x
+            np.tanh(t, out=t)
+            y = out[start : start + _CHUNK]
+            np.add(t, 1, out=y)
+            y *= x
+            y *= 0.5
+            if keep_slope:  # 0.5 * [(1 + t) + x (1 - t^2) c (1 + 3k x^2)]
+                d = slope[start : start + _CHUNK]
+                np.multiply(t, t, out=d)
+                np.subtract(1, d, out=d)
+                d *= x
+                x2 *= 3 * k * c
+                x2 += c
+                d *= x2
+                d += t
+                d += 1
+                d *= 0.5
 
         def backward(g):
-            # d/dx = 0.5 * [(1 + t) + x (1 - t^2) c (1 + 3k x^2)]
-            d = t * t
-            np.subtract(1, d, out=d)
-            d *= x
-            d *= x2 * (3 * k * c) + c
-            d += t
-            d += 1
-            d *= 0.5
-            d *= g
-            self.add_grad(d)
+            self.add_grad(g * slope.reshape(self.shape))
 
-        return Tensor.from_op(out, (self,), backward)
+        return Tensor.from_op(out.reshape(self.shape), (self,), backward)
 
     # ---- reductions ------------------------------------------------------------------------
     def sum(self, axis=None, keepdims: bool = False) -> Tensor:

@@ -167,3 +167,15 @@ def test_no_grad_records_nothing():
     with no_grad():
         y = (x * 2).sum()
     assert not y.requires_grad and y._parents == ()
+
+
+def test_gelu_on_an_array_spanning_several_chunks():
+    x_np = np.random.default_rng(0).normal(size=(3, 20001)) * 3  # > 3 chunks, ragged end
+    x = Tensor(x_np.copy(), requires_grad=True)
+    out = x.gelu()
+    out.backward(np.cos(x_np))
+    t = torch.tensor(x_np, requires_grad=True)
+    t_out = TF.gelu(t, approximate="tanh")
+    t_out.backward(torch.from_numpy(np.cos(x_np)))
+    assert rel_err(out.data, t_out.detach().numpy()) <= REL_TOL
+    assert rel_err(x.grad, t.grad.numpy()) <= REL_TOL
