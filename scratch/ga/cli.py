@@ -59,6 +59,7 @@ def write_json_atomic(path: str, data: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)

@@ -42,6 +42,7 @@ def _atomic_target(path: str) -> str:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=os.path.splitext(path)[1])
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
     return tmp
 
 
@@ -91,7 +92,7 @@ def save_plot(
     ax.set_xlabel("evaluations")
     ax.set_ylabel("score")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = _atomic_target(path)

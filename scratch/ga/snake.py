@@ -44,7 +44,8 @@ class Snake:
             "crossover_rate": 0.5,
             "mutation_rate": 0.1,
             "sigma": 0.1,
-            "elitism": 2,
+            "tournament_size": 5,
+            "elitism": 10,
         }
 
     # ------------------------------------------------------------ simulation
