@@ -129,38 +129,52 @@ def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator) -> Te
     return Tensor.from_op(x.data * mask, (x,), lambda g: x.add_grad(g * mask))
 
 
-def _attention_probs(q: np.ndarray, k: np.ndarray, causal: bool) -> np.ndarray:
-    """softmax(q k^T / sqrt(d) + mask) for contiguous arrays (..., T, d)."""
-    scores = q @ np.swapaxes(k, -1, -2)
-    scores *= 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
+def row_max(a: np.ndarray) -> np.ndarray:
+    """max over the last axis, keepdims. numpy's max.reduce along a short contiguous axis is
+    slow; folding the row in halves with elementwise maximum is ~2x faster."""
+    while a.shape[-1] > 1:
+        half = a.shape[-1] // 2
+        folded = np.maximum(a[..., :half], a[..., half : 2 * half])
+        if a.shape[-1] % 2:
+            np.maximum(folded[..., :1], a[..., -1:], out=folded[..., :1])
+        a = folded
+    return a
+
+
+def _attention_probs(q_scaled: np.ndarray, k: np.ndarray, causal: bool) -> np.ndarray:
+    """softmax(q k^T / sqrt(d) + mask) for contiguous arrays (..., T, d); q arrives scaled."""
+    scores = q_scaled @ np.swapaxes(k, -1, -2)
     if causal:  # adding -inf above the diagonal: exp(-inf) = 0, no weight on the future
         t_q, t_k = scores.shape[-2:]
         scores += np.triu(np.full((t_q, t_k), -np.inf, scores.dtype), k=1 + t_k - t_q)
-    scores -= scores.max(axis=-1, keepdims=True)
+    scores -= row_max(scores)
     probs = np.exp(scores, out=scores)  # in place: the T x T arrays are the big ones here
     probs /= probs.sum(axis=-1, keepdims=True)
     return probs
 
 
-def _attention_grads(g, q, k, v, probs):
+def _attention_grads(g, q_scaled, k, v, probs, scale):
     """Gradients w.r.t. q, k, v of out = probs @ v, given g = d loss / d out."""
     g_v = np.swapaxes(probs, -1, -2) @ g
-    g_scores = g @ np.swapaxes(v, -1, -2)  # gradient w.r.t. probs, then in place:
-    # softmax backward, then the 1/sqrt(d) scale; masked entries have probs 0, so grad 0
+    g_scores = g @ np.swapaxes(v, -1, -2)  # gradient w.r.t. probs, then softmax backward:
     g_scores -= (g_scores * probs).sum(axis=-1, keepdims=True)
-    g_scores *= probs
-    g_scores *= 1.0 / math.sqrt(q.shape[-1])
-    return g_scores @ k, np.swapaxes(g_scores, -1, -2) @ q, g_v
+    g_scores *= probs  # masked entries have probs 0, so their gradient is 0
+    g_q = g_scores @ k
+    g_q *= scale
+    return g_q, np.swapaxes(g_scores, -1, -2) @ q_scaled, g_v
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v over shapes (..., T, d); causal hides the future."""
-    # Batched matmul on strided views (e.g. heads sliced from one array) skips BLAS: copy once.
-    q_data, k_data, v_data = (np.ascontiguousarray(t.data) for t in (q, k, v))
-    probs = _attention_probs(q_data, k_data, causal)
+    scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
+    # Scaling q (d wide) is cheaper than scaling the scores (T wide). Contiguous copies:
+    # batched matmul on strided views (e.g. heads sliced from one array) skips BLAS.
+    q_scaled = q.data * scale
+    k_data, v_data = np.ascontiguousarray(k.data), np.ascontiguousarray(v.data)
+    probs = _attention_probs(q_scaled, k_data, causal)
 
     def backward(g):
-        grads = _attention_grads(np.ascontiguousarray(g), q_data, k_data, v_data, probs)
+        grads = _attention_grads(np.ascontiguousarray(g), q_scaled, k_data, v_data, probs, scale)
         for t, grad in zip((q, k, v), grads, strict=True):
             t.add_grad(grad)
 
@@ -176,16 +190,21 @@ def multi_head_attention(qkv: Tensor, n_head: int, causal: bool = True) -> Tenso
     """
     b, t, three_dim = qkv.shape
     dim = three_dim // 3
+    head_dim = dim // n_head
+    scale = 1.0 / math.sqrt(head_dim)
     # (B, T, 3, heads, hd) -> (3, B, heads, T, hd): each head attends in its own subspace
-    heads = qkv.data.reshape(b, t, 3, n_head, dim // n_head).transpose(2, 0, 3, 1, 4)
-    q, k, v = (np.ascontiguousarray(x) for x in heads)
-    probs = _attention_probs(q, k, causal)
+    packed = qkv.data.reshape(b, t, 3, n_head, head_dim).transpose(2, 0, 3, 1, 4)
+    q_scaled = packed[0] * scale
+    k, v = np.ascontiguousarray(packed[1]), np.ascontiguousarray(packed[2])
+    probs = _attention_probs(q_scaled, k, causal)
     out = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, dim)
 
     def backward(g):
-        g = np.ascontiguousarray(g.reshape(b, t, n_head, dim // n_head).transpose(0, 2, 1, 3))
-        g_heads = np.stack(_attention_grads(g, q, k, v, probs))  # (3, B, heads, T, hd)
-        qkv.add_grad(g_heads.transpose(1, 3, 0, 2, 4).reshape(b, t, three_dim))
+        g = np.ascontiguousarray(g.reshape(b, t, n_head, head_dim).transpose(0, 2, 1, 3))
+        g_qkv = np.empty((b, t, 3, n_head, head_dim), g.dtype)
+        for i, grad in enumerate(_attention_grads(g, q_scaled, k, v, probs, scale)):
+            g_qkv[:, :, i] = grad.transpose(0, 2, 1, 3)
+        qkv.add_grad(g_qkv.reshape(b, t, three_dim))
 
     return Tensor.from_op(out, (qkv,), backward)
 

@@ -179,3 +179,9 @@ def test_gelu_on_an_array_spanning_several_chunks():
     t_out.backward(torch.from_numpy(np.cos(x_np)))
     assert rel_err(out.data, t_out.detach().numpy()) <= REL_TOL
     assert rel_err(x.grad, t.grad.numpy()) <= REL_TOL
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 7, 64, 95])
+def test_row_max_equals_numpy_max(width):
+    a = np.random.default_rng(width).normal(size=(3, 4, width)).astype(np.float32)
+    assert np.array_equal(F.row_max(a), a.max(axis=-1, keepdims=True))
