@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--selection", choices=sorted(SELECTIONS), help="default: tournament")
     p.add_argument("--crossover", choices=sorted(CROSSOVERS), help="default: per game")
+    p.add_argument("--target", type=float, help="stop once the best score reaches this")
+    p.add_argument("--patience", type=_positive, help="stop after N generations without a new best")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
     p.add_argument("--plot", metavar="PNG", help="write the fitness-curve plot here")
     p.add_argument("--gif", metavar="GIF", help="write a replay of the best agent here")
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             "population": args.population,
             "selection": args.selection,
             "crossover": args.crossover,
+            "target": args.target,
+            "patience": args.patience,
         }.items()
         if v is not None
     }

@@ -140,6 +140,27 @@ def test_cli_same_seed_same_json(tmp_path):
     assert reports[0] == reports[1]
 
 
+def test_cli_stopping_rule_ends_the_run_early(tmp_path):
+    out = tmp_path / "r.json"
+    main(
+        [
+            "--game",
+            "onemax",
+            "--population",
+            "50",
+            "--generations",
+            "200",
+            "--patience",
+            "1",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert report["generations"] == len(report["history"]) - 1 < 200
+
+
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "scratch.ga", *args], capture_output=True, text=True, timeout=60
