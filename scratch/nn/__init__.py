@@ -17,10 +17,10 @@ from scratch.nn.modules import (
     TransformerBlock,
 )
 from scratch.nn.optim import SGD, AdamW, clip_grad_norm, cosine_lr
-from scratch.nn.tensor import Tensor, concat, no_grad, tensor, where
+from scratch.nn.tensor import Tensor, concat, no_grad, where
 
 __all__ = [
     "GPT", "RNN", "SGD", "AdamW", "Conv2d", "Dropout", "Embedding", "LayerNorm", "Linear",
     "Module", "Sequential", "Tensor", "TransformerBlock", "clip_grad_norm", "concat",
-    "cosine_lr", "no_grad", "tensor", "where",
+    "cosine_lr", "no_grad", "where",
 ]  # fmt: skip
