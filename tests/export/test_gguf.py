@@ -143,3 +143,57 @@ def test_q8_0_falls_back_to_f16_for_odd_rows(tmp_path):
 def test_rejects_unknown_outtype(random_llama, tmp_path):
     with pytest.raises(UsageError, match="outtype"):
         export_gguf(random_llama, tmp_path / "x.gguf", "q4_k")
+
+
+# --- the command line, on the real fine-tuned tiny chat model (LoRA merged into the weights) ---
+
+@pytest.fixture(scope="module")
+def chat_copy(tiny_chat, tmp_path_factory) -> Path:
+    """A copy of the session's tiny chat model, so exports here leave the fixture untouched."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("cli") / "tiny-chat"
+    shutil.copytree(tiny_chat, out, ignore=shutil.ignore_patterns("gguf", "onnx"))
+    return out
+
+
+def test_cli_export_runs_in_llama_cpp_like_pytorch(chat_copy):
+    from tests.conftest import run_cli
+    from training.evaluate import evaluate
+
+    proc = run_cli("scripts/export_gguf.py", str(chat_copy), "--outtype", "f32")
+    target = chat_copy / "gguf" / "tiny-chat-f32.gguf"
+    assert target.is_file() and "wrote" in proc.stdout
+    modelfile = (chat_copy / "gguf" / "Modelfile").read_text()
+    assert "FROM ./tiny-chat-f32.gguf\n" in modelfile
+    assert not list((chat_copy / "gguf").glob(".*"))  # no temporary files left behind
+
+    # Same answers, so the same accuracy: the GGUF backend picks the only export, f32.
+    torch_report = evaluate(chat_copy, "torch", per_task=8)
+    gguf_report = evaluate(chat_copy, "gguf", per_task=8)
+    assert gguf_report["tasks"] == torch_report["tasks"]
+    assert gguf_report["samples"] == torch_report["samples"]  # including the reply texts
+
+
+def test_cli_errors_are_one_line(chat_copy, tmp_path):
+    from tests.conftest import run_cli
+
+    def fails(*args):
+        proc = run_cli("scripts/export_gguf.py", *args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        return lines[0]
+
+    run_cli("scripts/export_gguf.py", str(chat_copy), "--outtype", "q8_0")
+    assert "--force" in fails(str(chat_copy), "--outtype", "q8_0")
+    run_cli("scripts/export_gguf.py", str(chat_copy), "--outtype", "q8_0", "--force")
+
+    assert "not a directory" in fails(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    assert "not a model folder" in fails(str(tmp_path / "empty"))
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}')
+    (gpt2 / "model.safetensors").write_bytes(b"")
+    assert "unsupported architecture GPT2LMHeadModel" in fails(str(gpt2))
