@@ -1,0 +1,134 @@
+"""A Gradio chat app over one model folder and one runtime.
+
+    python -m serving.app --model models/tiny-chat --backend torch|onnx|gguf [--host 127.0.0.1] [--port 7860]
+
+The chat endpoint is `/chat` (Gradio ChatInterface's default): gradio_client sends the message and
+gets the reply text back. The chat logic and its caps live in serving/chat.py.
+"""
+
+# No `from __future__ import annotations`: Gradio reads the gr.Request hint of the handlers at
+# runtime to inject the request, and a string annotation of a local import would not resolve.
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from serving.backends import RUNTIMES, BackendError, load_backend
+from serving.chat import ChatService, Limits
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line on stderr and exit status 2 (serving must not import
+    training, so this mirrors training.common.UsageError)."""
+
+
+def build_app(service: ChatService, model_label: str, concurrency: int = 4):
+    """The Blocks app: header (backend, model), the chat, settings within caps, last-reply speed."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines; no telemetry
+    import gradio as gr
+
+    limits = service.limits
+
+    def respond(message: str, history: list, temperature: float, max_new_tokens: int,
+                request: gr.Request):
+        yield from service.reply(message, history, temperature, max_new_tokens,
+                                 session=_session(request))
+
+    def show_stats(request: gr.Request) -> str:
+        return service.stats_markdown(_session(request))
+
+    with gr.Blocks(title="mlzero chat", analytics_enabled=False) as demo:
+        gr.Markdown(f"## mlzero chat\nModel **{model_label}** on the **{service.backend.runtime}** "
+                    f"backend (`{service.backend.name}`), context {service.context} tokens.")
+        temperature = gr.Slider(0.0, limits.max_temperature, value=0.0, step=0.05,
+                                label="Temperature (0 = greedy)", render=False)
+        max_new = gr.Slider(1, limits.max_new_tokens, value=limits.default_new_tokens, step=1,
+                            label="Max new tokens", render=False)
+        chat = gr.ChatInterface(
+            respond,
+            textbox=gr.Textbox(placeholder="Ask something, e.g. What is 12+34?",
+                               max_length=limits.max_input_chars, submit_btn=True, stop_btn=True,
+                               elem_id="chat-input"),
+            # Shown literally: a small model's text is not Markdown, and "<" or "*" must not vanish.
+            chatbot=gr.Chatbot(elem_id="chatbot", height=420, render_markdown=False),
+            additional_inputs=[temperature, max_new],
+            additional_inputs_accordion=gr.Accordion("Settings", open=False),
+            # Generation itself is serialised by the backend's lock; a few workers let the next
+            # request tokenise and the previous one finish streaming while the model runs.
+            concurrency_limit=concurrency,
+            api_name="chat",
+            fill_height=False,
+        )
+        stats = gr.Markdown("Last reply: none yet.", elem_id="reply-stats")
+        # chatbot_value changes once per finished turn (not per streamed piece); this keeps the
+        # /chat API returning only the reply text.
+        chat.chatbot_value.change(show_stats, None, stats, api_visibility="private", queue=False)
+    demo.queue(default_concurrency_limit=concurrency, max_size=256)
+    return demo
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or ""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    limits = Limits()
+    p = argparse.ArgumentParser(prog="python -m serving.app", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=Path("models/tiny-chat"), help="model folder")
+    p.add_argument("--backend", choices=RUNTIMES, default="torch", help="runtime (default torch)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--concurrency", type=int, default=4, help="queue workers for the chat event")
+    p.add_argument("--max-input-chars", type=int, default=limits.max_input_chars)
+    p.add_argument("--max-new-tokens", type=int, default=limits.max_new_tokens,
+                   help="cap on the max-new-tokens setting")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not args.model.is_dir():
+        raise UsageError(f"{args.model} is not a model folder; build one with "
+                         "python -m training.pipeline (or training.finetune)")
+    if not (1 <= args.port <= 65535):
+        raise UsageError(f"--port {args.port} is not a TCP port")
+    if args.concurrency < 1 or args.max_input_chars < 1 or args.max_new_tokens < 1:
+        raise UsageError("--concurrency, --max-input-chars and --max-new-tokens must be positive")
+    _limit_threads(args.backend)
+    try:
+        backend = load_backend(args.model, args.backend)
+    except BackendError as err:
+        raise UsageError(str(err)) from None
+    limits = Limits(max_input_chars=args.max_input_chars, max_new_tokens=args.max_new_tokens,
+                    default_new_tokens=min(Limits().default_new_tokens, args.max_new_tokens))
+    demo = build_app(ChatService(backend, limits), args.model.resolve().name, args.concurrency)
+    demo.launch(server_name=args.host, server_port=args.port, quiet=True, show_error=True,
+                prevent_thread_lock=True, ssr_mode=False)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"mlzero chat: {backend.name} running at http://{shown}:{args.port}", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        demo.close()
+
+
+def _limit_threads(runtime: str) -> None:
+    """Honour MLZERO_THREADS for torch (onnx and gguf read their own settings)."""
+    threads = os.environ.get("MLZERO_THREADS")
+    if runtime == "torch" and threads and threads.isdigit() and int(threads) > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def run(argv: list[str] | None = None) -> None:
+    try:
+        main(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

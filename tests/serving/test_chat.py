@@ -1,0 +1,153 @@
+"""Chat logic without a server: caps, refusals, history → messages, context fitting, stats."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from serving.chat import (
+    NOTICE,
+    ChatService,
+    Limits,
+    check_message,
+    clamp,
+    fit_context,
+    history_to_messages,
+)
+
+
+class FakeTokenizer:
+    model_max_length = 40
+
+    def encode(self, text, add_special_tokens=False):
+        return text.split()
+
+
+class FakeBackend:
+    """Words as tokens; streams a fixed reply word by word and records what it was asked."""
+
+    runtime = "fake"
+    name = "fake:model"
+
+    def __init__(self, reply="forty six"):
+        self.tokenizer = FakeTokenizer()
+        self.reply = reply
+        self.calls = []
+
+    def prompt_ids(self, messages):
+        return " ".join(m["content"] for m in messages).split() + ["<gen>"]
+
+    def stream(self, messages, max_new_tokens, temperature, seed):
+        self.calls.append((messages, max_new_tokens, temperature))
+        words = self.reply.split()[:max_new_tokens]
+        for i, w in enumerate(words):
+            yield w if i == 0 else " " + w
+
+
+def test_check_message_refuses_empty_and_huge():
+    limits = Limits(max_input_chars=10)
+    assert check_message("", limits).startswith(NOTICE)
+    assert check_message("  \n ", limits).startswith(NOTICE)
+    assert "limit is 10" in check_message("x" * 11, limits)
+    assert check_message("x" * 10, limits) is None
+    assert check_message({"text": "hi", "files": []}, limits) is None
+
+
+def test_clamp_forces_settings_into_caps():
+    limits = Limits(max_new_tokens=100, max_temperature=2.0, default_new_tokens=64)
+    assert clamp(5, 10_000, limits) == (2.0, 100)
+    assert clamp(-1, 0, limits) == (0.0, 1)
+    assert clamp("0.5", "7", limits) == (0.5, 7)
+    assert clamp(None, None, limits) == (0.0, 64)
+    t, _ = clamp(math.nan, 3, limits)
+    assert t == 0.0
+
+
+def test_history_to_messages_keeps_the_conversation():
+    history = [
+        {"role": "user", "content": "What is 1+1?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "2"}]},
+    ]
+    assert history_to_messages(history, "And 2+2?") == [
+        {"role": "user", "content": "What is 1+1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "And 2+2?"},
+    ]
+
+
+def test_history_to_messages_drops_notices_and_their_cause():
+    history = [
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": NOTICE + "Please type a message."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "x" * 5000},
+        {"role": "assistant", "content": NOTICE + "too long"},
+        {"role": "user", "content": [{"type": "file", "file": {"path": "/tmp/a.png"}}]},
+    ]
+    assert history_to_messages(history, "again") == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "again"},
+    ]
+
+
+def test_fit_context_drops_oldest_turns_whole():
+    msgs = [{"role": "system", "content": "sys"},
+            {"role": "user", "content": "a a a a"}, {"role": "assistant", "content": "b b b b"},
+            {"role": "user", "content": "c c"}]
+    count = lambda m: sum(len(x["content"].split()) for x in m)  # noqa: E731
+    assert fit_context(msgs, count, 100) == msgs
+    # 11 words do not fit in 5: the first exchange goes, the system message stays
+    assert fit_context(msgs, count, 5) == [msgs[0], msgs[3]]
+    assert fit_context(msgs, count, 2) is None
+
+
+def test_reply_streams_growing_text_with_clamped_settings_and_records_stats():
+    backend = FakeBackend("forty six is the answer")
+    service = ChatService(backend, Limits(max_new_tokens=3))
+    outs = list(service.reply("What is 12+34?", [], temperature=9, max_new_tokens=50, session="s1"))
+    assert outs == ["forty", "forty six", "forty six is"]
+    messages, max_new, temperature = backend.calls[0]
+    assert messages == [{"role": "user", "content": "What is 12+34?"}]
+    assert (max_new, temperature) == (3, Limits().max_temperature)
+    assert service.stats["s1"].tokens == 3
+    assert "tokens/s" in service.stats_markdown("s1")
+    assert service.stats_markdown("other") == "Last reply: none yet."
+
+
+@pytest.mark.parametrize("message", ["", "   ", "y" * 3000])
+def test_reply_refuses_bad_input_without_calling_the_model(message):
+    backend = FakeBackend()
+    outs = list(ChatService(backend).reply(message, []))
+    assert len(outs) == 1 and outs[0].startswith(NOTICE)
+    assert backend.calls == []
+
+
+def test_reply_refuses_a_message_longer_than_the_context():
+    backend = FakeBackend()
+    service = ChatService(backend)  # context 40 words, 8 new tokens → 32 for the prompt
+    outs = list(service.reply("w " * 60, [], max_new_tokens=8))
+    assert outs[0].startswith(NOTICE) and "context" in outs[0]
+    assert backend.calls == []
+
+
+def test_reply_trims_old_history_to_the_context():
+    backend = FakeBackend()
+    history = [{"role": "user", "content": "old " * 20}, {"role": "assistant", "content": "ok"},
+               {"role": "user", "content": "recent"}, {"role": "assistant", "content": "sure"}]
+    list(ChatService(backend).reply("now", history, max_new_tokens=16))
+    assert [m["content"] for m in backend.calls[0][0]] == ["recent", "sure", "now"]
+
+
+def test_empty_model_reply_becomes_a_notice():
+    outs = list(ChatService(FakeBackend("")).reply("hi", []))
+    assert outs[-1].startswith(NOTICE)
+
+
+def test_session_stats_are_bounded():
+    service = ChatService(FakeBackend(), max_sessions=2)
+    for s in ("a", "b", "c"):
+        list(service.reply("hi", [], max_new_tokens=4, session=s))
+    assert list(service.stats) == ["b", "c"]
