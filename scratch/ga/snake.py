@@ -156,7 +156,7 @@ class Snake:
                 )
             if dead.any():
                 scores[game[dead]] = eaten[dead]
-                if record and game[0] == 0 and dead[0]:
+                if record and game[0] == 0 and dead[0] and inside[0]:  # show the fatal bite
                     frames.append(self._frame(life[0], head[0], -1))
                 keep = ~dead
                 life, head, heading, length, eaten, hungry, food = (
