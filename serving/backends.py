@@ -79,6 +79,9 @@ class Backend:
                     continue
                 yield text[len(shown):]
                 shown = text
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if len(text) > len(shown):  # flush a character left incomplete at the end
+                yield text[len(shown):]
 
     def generate(self, messages: Messages, max_new_tokens: int = 64, temperature: float = 0.0,
                  seed: int = 0) -> str:

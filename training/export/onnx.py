@@ -1,0 +1,136 @@
+"""Export a transformers causal LM to ONNX: one decoder graph that takes and returns the KV cache.
+
+Inputs:  input_ids [batch, seq], attention_mask [batch, past+seq], position_ids [batch, seq],
+         past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim] for every layer i
+Outputs: logits [batch, seq, vocab], present.{i}.key / .value [batch, kv_heads, past+seq, head_dim]
+
+The first step passes an empty cache (past = 0); every later step feeds back the presents, so
+generation is incremental. Names follow Hugging Face Optimum's, so other ONNX tools recognise them.
+Uses PyTorch's own exporter (torch.export + onnxscript, `dynamo=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.common import AtomicDir, UsageError, atomic_write_json
+
+SUPPORTED = {"llama", "qwen2", "mistral"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "config.json", "generation_config.json")
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+class DecoderWithCache(torch.nn.Module):
+    """Flat tensors in and out around a model that keeps its cache in a DynamicCache."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.n_layers = model.config.num_hidden_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, past: tuple[torch.Tensor, ...]):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i in range(self.n_layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, past_key_values=cache, use_cache=True)
+        presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *presents)
+
+
+def load_checked(model_dir: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (model_dir / "config.json").is_file() or not (model_dir / "model.safetensors").is_file():
+        raise UsageError(f"{model_dir} is not a model folder (needs config.json and model.safetensors); "
+                         "run: python -m training.finetune --base models/tiny-base --out models/tiny-chat")
+    config = AutoConfig.from_pretrained(model_dir)
+    if config.model_type not in SUPPORTED:
+        raise UsageError(f"unsupported architecture {config.model_type!r}; "
+                         f"supported: {', '.join(sorted(SUPPORTED))}")
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def example_inputs(config, batch: int = 1, seq: int = 3, past: int = 2):
+    kv_heads = config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    ids = torch.zeros((batch, seq), dtype=torch.long)
+    mask = torch.ones((batch, past + seq), dtype=torch.long)
+    pos = torch.arange(past, past + seq).unsqueeze(0).expand(batch, -1)
+    cache = tuple(torch.zeros(batch, kv_heads, past, head_dim)
+                  for _ in range(2 * config.num_hidden_layers))
+    return ids, mask, pos, cache
+
+
+def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> Path:
+    """Write <model_dir>/onnx/ (model.onnx + tokenizer files + export.json); return its path."""
+    import onnx
+
+    model_dir = Path(model_dir)
+    out = model_dir / "onnx"
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    model = load_checked(model_dir)
+    wrapper = DecoderWithCache(model)
+    args = example_inputs(model.config)
+    names_in, names_out = io_names(wrapper.n_layers)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    past, total = torch.export.Dim("past"), torch.export.Dim("total")
+    dynamic = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
+               tuple({0: batch, 2: past} for _ in range(2 * wrapper.n_layers)))
+    with AtomicDir(out) as tmp:
+        torch.onnx.export(wrapper, args, str(tmp / "model.onnx"), dynamo=True, opset_version=opset,
+                          input_names=names_in, output_names=names_out, dynamic_shapes=dynamic,
+                          external_data=False, verbose=False)
+        onnx.checker.check_model(str(tmp / "model.onnx"))
+        for name in TOKENIZER_FILES:
+            if (model_dir / name).exists():
+                shutil.copy(model_dir / name, tmp / name)
+        diff = parity_check(model, tmp / "model.onnx")
+        atomic_write_json(tmp / "export.json", {
+            "source": str(model_dir), "opset": opset, "inputs": names_in, "outputs": names_out,
+            "max_abs_logit_diff_vs_torch": diff, "torch": torch.__version__,
+        })
+    return out
+
+
+def parity_check(model, onnx_path: Path) -> float:
+    """Max |logit difference| between PyTorch and onnxruntime on a two-step decode."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    config = model.config
+    ids = torch.randint(0, config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    _, _, _, empty = example_inputs(config, batch=2, past=0)
+    names_in, _ = io_names(config.num_hidden_layers)
+    feed = {"input_ids": ids[:, :4].numpy(), "attention_mask": np.ones((2, 4), np.int64),
+            "position_ids": np.tile(np.arange(4), (2, 1))}
+    feed.update({n: t.numpy() for n, t in zip(names_in[3:], empty)})
+    first = sess.run(None, feed)
+    feed = {"input_ids": ids[:, 4:].numpy(), "attention_mask": np.ones((2, 7), np.int64),
+            "position_ids": np.tile(np.arange(4, 7), (2, 1))}
+    feed.update(dict(zip(names_in[3:], first[1:])))
+    second = sess.run(None, feed)
+    got = np.concatenate([first[0], second[0]], axis=1)
+    return float(np.abs(got - ref).max())
+
+
+def describe(out: Path) -> str:
+    info = json.loads((out / "export.json").read_text())
+    size = (out / "model.onnx").stat().st_size / 1e6
+    return f"wrote {out / 'model.onnx'} ({size:.1f} MB); max |logit diff| vs torch {info['max_abs_logit_diff_vs_torch']:.2e}"
