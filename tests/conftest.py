@@ -72,28 +72,3 @@ def tiny_chat(tiny_base: Path) -> Path:
     run_cli("-m", "training.finetune", "--base", str(tiny_base), "--out", str(out))
     return out
 
-
-@pytest.fixture(scope="session")
-def parity_model(tiny_chat: Path, tmp_path_factory) -> Path:
-    """A model for runtime-parity tests: the tiny chat model's tokenizer and shape, with random
-    weights at a large scale and random norm weights, so logits are far from ties and a wrong
-    weight mapping cannot hide (trained tiny models have near-tied logits)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("parity") / "parity-model"
-    model = AutoModelForCausalLM.from_pretrained(tiny_chat)
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:  # RMSNorm weights
-                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (tiny_chat / name).exists():
-            shutil.copy(tiny_chat / name, out / name)
-    return out

@@ -22,9 +22,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def exported(parity_model):
-    run_cli("scripts/export_onnx.py", str(parity_model))
-    return parity_model
+def exported(random_llama):
+    run_cli("scripts/export_onnx.py", str(random_llama))
+    return random_llama
 
 
 def test_graph_passes_checker_and_carries_a_kv_cache(exported):
