@@ -6,11 +6,12 @@ The chat endpoint is `/chat` (Gradio ChatInterface's default): gradio_client sen
 gets the reply text back. The chat logic and its caps live in serving/chat.py.
 """
 
-# No `from __future__ import annotations`: Gradio reads the gr.Request hint of the handlers at
-# runtime to inject the request, and a string annotation of a local import would not resolve.
+# No `from __future__ import annotations`: gr.api reads the handler's type hints at runtime to
+# describe the endpoint, and string annotations naming local imports would not resolve.
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from serving.backends import RUNTIMES, BackendError, load_backend
@@ -23,19 +24,21 @@ class UsageError(Exception):
 
 
 def build_app(service: ChatService, model_label: str, concurrency: int = 4):
-    """The Blocks app: header (backend, model), the chat, settings within caps, last-reply speed."""
+    """The Blocks app: header (backend, model), the chat, settings within caps, last-reply speed,
+    and the `/chat` API (message, temperature, max_new_tokens → reply text)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines; no telemetry
     import gradio as gr
 
     limits = service.limits
 
-    def respond(message: str, history: list, temperature: float, max_new_tokens: int,
-                request: gr.Request):
-        yield from service.reply(message, history, temperature, max_new_tokens,
-                                 session=_session(request))
+    def respond(message: str, history: list, temperature: float, max_new_tokens: int):
+        for text, stats in service.reply_with_stats(message, history, temperature, max_new_tokens):
+            yield text, (stats.markdown() if stats else gr.skip())
 
-    def show_stats(request: gr.Request) -> str:
-        return service.stats_markdown(_session(request))
+    def chat(message: str, temperature: float = 0.0,
+             max_new_tokens: int = limits.default_new_tokens) -> Iterator[str]:
+        """Reply to one user message (streamed; the last value is the whole reply)."""
+        yield from service.reply(message, [], temperature, max_new_tokens)
 
     with gr.Blocks(title="mlzero chat", analytics_enabled=False) as demo:
         gr.Markdown(f"## mlzero chat\nModel **{model_label}** on the **{service.backend.runtime}** "
@@ -44,7 +47,8 @@ def build_app(service: ChatService, model_label: str, concurrency: int = 4):
                                 label="Temperature (0 = greedy)", render=False)
         max_new = gr.Slider(1, limits.max_new_tokens, value=limits.default_new_tokens, step=1,
                             label="Max new tokens", render=False)
-        chat = gr.ChatInterface(
+        stats = gr.Markdown("Last reply: none yet.", elem_id="reply-stats", render=False)
+        gr.ChatInterface(
             respond,
             textbox=gr.Textbox(placeholder="Ask something, e.g. What is 12+34?",
                                max_length=limits.max_input_chars, submit_btn=True, stop_btn=True,
@@ -52,23 +56,18 @@ def build_app(service: ChatService, model_label: str, concurrency: int = 4):
             # Shown literally: a small model's text is not Markdown, and "<" or "*" must not vanish.
             chatbot=gr.Chatbot(elem_id="chatbot", height=420, render_markdown=False),
             additional_inputs=[temperature, max_new],
-            additional_inputs_accordion=gr.Accordion("Settings", open=False),
-            # Generation itself is serialised by the backend's lock; a few workers let the next
-            # request tokenise and the previous one finish streaming while the model runs.
-            concurrency_limit=concurrency,
-            api_name="chat",
-            fill_height=False,
+            additional_inputs_accordion="Settings",
+            additional_outputs=[stats],
+            # The UI's own endpoint returns (reply, stats); clients use the plain `/chat` below.
+            api_name="chat_ui", api_visibility="private",
+            concurrency_limit=concurrency, fill_height=False,
         )
-        stats = gr.Markdown("Last reply: none yet.", elem_id="reply-stats")
-        # chatbot_value changes once per finished turn (not per streamed piece); this keeps the
-        # /chat API returning only the reply text.
-        chat.chatbot_value.change(show_stats, None, stats, api_visibility="private", queue=False)
+        stats.render()
+        # Generation is serialised by the backend's lock; a few queue workers (for the UI and for
+        # the API each) let the next request tokenise and the last one finish streaming meanwhile.
+        gr.api(chat, api_name="chat", concurrency_limit=concurrency)
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     return demo
-
-
-def _session(request) -> str:
-    return getattr(request, "session_hash", None) or ""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -2,13 +2,12 @@
 
 `ChatService` turns a Gradio-style history plus a new message into the model's messages, enforces
 the caps (input length, new tokens, temperature, context window), streams the reply from one
-shared backend and remembers the speed of each session's last reply.
+shared backend and measures the speed of each reply.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -120,30 +119,39 @@ def check_message(message: Any, limits: Limits) -> str | None:
 class ChatService:
     """One backend shared by every request; the backend's lock runs one generation at a time."""
 
-    def __init__(self, backend: Backend, limits: Limits = Limits(), context: int | None = None,
-                 max_sessions: int = 1000):
+    def __init__(self, backend: Backend, limits: Limits = Limits(), context: int | None = None):
         self.backend = backend
         self.limits = limits
         ctx = context or getattr(backend.tokenizer, "model_max_length", 0)
         # Tokenizers without a limit report a huge sentinel; fall back to a small safe window.
         self.context = ctx if 0 < ctx < 1_000_000 else 512
-        self.stats: OrderedDict[str, ReplyStats] = OrderedDict()
-        self.max_sessions = max_sessions  # bounded, so many visitors cannot grow memory forever
 
-    def reply(self, message: Any, history: list[dict[str, Any]] | None, temperature: Any = 0.0,
-              max_new_tokens: Any = None, session: str = "", seed: int = 0) -> Iterator[str]:
+    def reply(self, message: Any, history: list[dict[str, Any]] | None = None,
+              temperature: Any = 0.0, max_new_tokens: Any = None, seed: int = 0) -> Iterator[str]:
         """Yield the reply so far (the whole text each time, as Gradio's streaming expects)."""
+        last = None
+        for text, _ in self.reply_with_stats(message, history, temperature, max_new_tokens, seed):
+            if text != last:  # the final (text, stats) pair repeats the text
+                yield text
+            last = text
+
+    def reply_with_stats(self, message: Any, history: list[dict[str, Any]] | None = None,
+                         temperature: Any = 0.0, max_new_tokens: Any = None, seed: int = 0,
+                         ) -> Iterator[tuple[str, ReplyStats | None]]:
+        """Like `reply`, as (text so far, None) pairs, then once more (whole text, its stats)
+        when the model finished; refusals come as one (notice, None)."""
         notice = check_message(message, self.limits)
         if notice:
-            yield notice
+            yield notice, None
             return
-        temperature, max_new = clamp(temperature, max_new_tokens if max_new_tokens is not None
-                                     else self.limits.default_new_tokens, self.limits)
+        if max_new_tokens is None:
+            max_new_tokens = self.limits.default_new_tokens
+        temperature, max_new = clamp(temperature, max_new_tokens, self.limits)
         messages = fit_context(history_to_messages(history or [], text_of(message)),
                                lambda m: len(self.backend.prompt_ids(m)), self.context - max_new)
         if messages is None:
             yield NOTICE + (f"Your message does not fit the model's {self.context}-token context "
-                            f"with {max_new} new tokens. Please shorten it or lower max new tokens.")
+                            f"with {max_new} new tokens. Please shorten it or lower max new tokens."), None
             return
         start = time.perf_counter()
         first = None
@@ -152,19 +160,8 @@ class ChatService:
             if first is None:
                 first = time.perf_counter() - start
             text += piece
-            yield text
+            yield text, None
         seconds = time.perf_counter() - start
         tokens = len(self.backend.tokenizer.encode(text, add_special_tokens=False)) if text else 0
-        self._remember(session, ReplyStats(tokens, seconds, first if first is not None else seconds))
-        if not text:
-            yield NOTICE + "The model returned an empty reply."
-
-    def _remember(self, session: str, stats: ReplyStats) -> None:
-        self.stats[session] = stats
-        self.stats.move_to_end(session)
-        while len(self.stats) > self.max_sessions:
-            self.stats.popitem(last=False)
-
-    def stats_markdown(self, session: str = "") -> str:
-        stats = self.stats.get(session)
-        return stats.markdown() if stats else "Last reply: none yet."
+        stats = ReplyStats(tokens, seconds, first if first is not None else seconds)
+        yield (text or NOTICE + "The model returned an empty reply."), stats

@@ -104,17 +104,23 @@ def test_fit_context_drops_oldest_turns_whole():
     assert fit_context(msgs, count, 2) is None
 
 
-def test_reply_streams_growing_text_with_clamped_settings_and_records_stats():
+def test_reply_streams_growing_text_with_clamped_settings():
     backend = FakeBackend("forty six is the answer")
     service = ChatService(backend, Limits(max_new_tokens=3))
-    outs = list(service.reply("What is 12+34?", [], temperature=9, max_new_tokens=50, session="s1"))
+    outs = list(service.reply("What is 12+34?", [], temperature=9, max_new_tokens=50))
     assert outs == ["forty", "forty six", "forty six is"]
     messages, max_new, temperature = backend.calls[0]
     assert messages == [{"role": "user", "content": "What is 12+34?"}]
     assert (max_new, temperature) == (3, Limits().max_temperature)
-    assert service.stats["s1"].tokens == 3
-    assert "tokens/s" in service.stats_markdown("s1")
-    assert service.stats_markdown("other") == "Last reply: none yet."
+
+
+def test_reply_with_stats_ends_with_the_whole_text_and_its_speed():
+    outs = list(ChatService(FakeBackend("forty six")).reply_with_stats("hi", [], max_new_tokens=8))
+    assert [t for t, _ in outs] == ["forty", "forty six", "forty six"]
+    assert [s is None for _, s in outs] == [True, True, False]
+    stats = outs[-1][1]
+    assert stats.tokens == 2 and stats.seconds >= stats.first_token_s >= 0
+    assert "2 tokens" in stats.markdown() and "tokens/s" in stats.markdown()
 
 
 @pytest.mark.parametrize("message", ["", "   ", "y" * 3000])
@@ -144,10 +150,3 @@ def test_reply_trims_old_history_to_the_context():
 def test_empty_model_reply_becomes_a_notice():
     outs = list(ChatService(FakeBackend("")).reply("hi", []))
     assert outs[-1].startswith(NOTICE)
-
-
-def test_session_stats_are_bounded():
-    service = ChatService(FakeBackend(), max_sessions=2)
-    for s in ("a", "b", "c"):
-        list(service.reply("hi", [], max_new_tokens=4, session=s))
-    assert list(service.stats) == ["b", "c"]
