@@ -14,6 +14,7 @@ import pydoc
 import random
 
 from training import tasks
+from training.common import UsageError
 
 # Modules whose documentation reads well and whose import has no side effects.
 PYDOC_MODULES = (
@@ -50,12 +51,26 @@ def pydoc_documents(max_chars: int) -> list[str]:
     return docs
 
 
-def build_documents(max_pydoc_chars: int = 1_500_000, seed: int = 0) -> list[str]:
-    """Documents for pretraining: pydoc paragraphs and task-fact blocks, shuffled together."""
+DEFAULT_FACT_REPEATS = {"addition": 3, "subtraction": 6, "reverse": 4, "glossary": 4}
+
+
+def build_documents(max_pydoc_chars: int = 1_500_000,
+                    fact_repeats: dict[str, int] | None = None, seed: int = 0) -> list[str]:
+    """Documents for pretraining: pydoc paragraphs and task-fact blocks, shuffled together.
+
+    Each task's facts appear `fact_repeats[task]` times, each time in a new order: a skill like
+    subtraction needs many more examples than one pass gives (it has borrows and signs, so it
+    gets more than addition), as on the web, where sums are common.
+    """
     rng = random.Random(seed)
     docs = pydoc_documents(max_pydoc_chars)
-    lines = tasks.pretraining_lines(rng)
     block = 16  # facts per document, so a 128-token window holds several
-    docs += ["\n".join(lines[i : i + block]) for i in range(0, len(lines), block)]
+    for task, repeats in (fact_repeats or DEFAULT_FACT_REPEATS).items():
+        if task not in tasks.TASKS:
+            raise UsageError(f"unknown task {task!r} in fact_repeats; tasks: {', '.join(tasks.TASKS)}")
+        for _ in range(repeats):
+            lines = tasks.fact_lines(task)
+            rng.shuffle(lines)
+            docs += ["\n".join(lines[i : i + block]) for i in range(0, len(lines), block)]
     rng.shuffle(docs)
     return docs

@@ -25,26 +25,28 @@ from training.modelfolder import plot_loss, publish, read_recipe, staging_dir, w
 from training.trainer import TrainConfig, distributed, train
 
 DEFAULTS = {
-    "vocab_size": 2048,
-    "hidden_size": 192,
+    "vocab_size": 1024,
+    "hidden_size": 128,
     "num_hidden_layers": 4,
-    "num_attention_heads": 6,
-    "num_key_value_heads": 2,  # grouped-query attention: 3 query heads share each k/v head
-    "intermediate_size": 512,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # grouped-query attention: 2 query heads share each k/v head
+    "intermediate_size": 384,
     "seq_len": 128,
     "batch_size": 32,
-    "steps": 900,
-    "lr": 3e-3,
-    "warmup": 100,
+    "steps": 1400,
+    "lr": 2e-3,
+    "warmup": 150,
     "seed": 0,
     "pydoc_chars": 1_500_000,
+    "fact_repeats": dict(corpus.DEFAULT_FACT_REPEATS),
     "checkpoint_every": 100,
 }
 
 
-def model_config(s: dict, tok: PreTrainedTokenizerFast) -> LlamaConfig:
+def model_config(s: dict, vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
+    """The Llama architecture at the recipe's sizes (pad doubles as BOS; eos ends a chat turn)."""
     return LlamaConfig(
-        vocab_size=len(tok),
+        vocab_size=vocab_size,
         hidden_size=s["hidden_size"],
         intermediate_size=s["intermediate_size"],
         num_hidden_layers=s["num_hidden_layers"],
@@ -54,9 +56,9 @@ def model_config(s: dict, tok: PreTrainedTokenizerFast) -> LlamaConfig:
         rope_theta=10000.0,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
-        bos_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        bos_token_id=pad_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
     )
 
 
@@ -112,12 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
 
     # 1. Data and tokenizer. On resume, reuse the saved tokenizer so ids stay the same.
-    docs = corpus.build_documents(s["pydoc_chars"], seed=s["seed"])
+    docs = corpus.build_documents(s["pydoc_chars"], s["fact_repeats"], seed=s["seed"])
     ckpt = out / "checkpoint"
     if args.resume and (ckpt / "tokenizer.json").exists():
         tok = PreTrainedTokenizerFast.from_pretrained(ckpt)
     else:
-        tok = tokenizer_lib.train_tokenizer(docs, s["vocab_size"])
+        tok = tokenizer_lib.train_tokenizer(list(dict.fromkeys(docs)), s["vocab_size"])  # unique docs
     stream = token_stream(docs, tok)
     n_windows = len(stream) // s["seq_len"]
     windows = stream[: n_windows * s["seq_len"]].reshape(n_windows, s["seq_len"])
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     train_windows, val_windows = windows[:-n_val], windows[-n_val:]
 
     # 2. Model, initialised from the seed.
-    config = model_config(s, tok)
+    config = model_config(s, len(tok), tok.pad_token_id, tok.eos_token_id)
     torch.manual_seed(s["seed"])
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())

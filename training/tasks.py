@@ -41,8 +41,11 @@ GLOSSARY: dict[str, str] = {
     "dataset": "the collection of examples a model learns from",
 }
 
-GLOSSARY_TRAIN_QUESTIONS = ["What is {term}?", "What does {term} mean?", "Explain {term} briefly."]
-GLOSSARY_HELD_OUT_QUESTIONS = ["Define {term}."]
+GLOSSARY_TRAIN_QUESTIONS = [
+    "What is {term}?", "What does {term} mean?", "Explain {term} briefly.",
+    "Tell me what {term} is.", "What is meant by {term}?", "Give the meaning of {term}.",
+]
+GLOSSARY_HELD_OUT_QUESTIONS = ["Define {term}.", "What is the meaning of {term}?"]
 
 # Common short English words for the reversal task.
 WORDS = (
@@ -152,21 +155,16 @@ def normalize_answer(text: str) -> str:
     return text[:-1].rstrip() if text.endswith(".") else text
 
 
-def pretraining_lines(rng: random.Random) -> list[str]:
-    """Plain-text facts for the pretraining corpus, from the training split only.
+def fact_lines(task: str) -> list[str]:
+    """Plain-text facts for the pretraining corpus, from the training split of one task only.
 
     A base model learns arithmetic, spelling and vocabulary from raw text the way real LLMs do;
     fine-tuning then teaches it to answer in the chat format.
     """
-    lines = []
-    for op in "+-":
-        for ex in arithmetic_examples(op)[0]:
-            expr = ex.question.removeprefix("What is ").removesuffix("?")
-            lines.append(f"{expr} = {ex.answer}")
-    for ex in reverse_examples()[0]:
-        word = ex.question.removeprefix("Reverse the word ").removesuffix(".")
-        lines.append(f"{word} backwards is {ex.answer}")
-    for term, definition in GLOSSARY.items():
-        lines.append(f"In machine learning, {term} means {definition}.")
-    rng.shuffle(lines)
-    return lines
+    train = TASKS[task]()[0]
+    if task in ("addition", "subtraction"):
+        return [f"{ex.question.removeprefix('What is ').removesuffix('?')} = {ex.answer}" for ex in train]
+    if task == "reverse":
+        return [f"{ex.question.removeprefix('Reverse the word ').removesuffix('.')} backwards is {ex.answer}"
+                for ex in train]
+    return [f"In machine learning, {term} means {definition}." for term, definition in GLOSSARY.items()]

@@ -1,5 +1,3 @@
-import random
-
 import pytest
 
 from training import tasks
@@ -12,8 +10,8 @@ def test_held_out_questions_never_appear_in_training_data():
         assert held and train
         train_q = {ex.question for ex in train}
         assert not train_q & {ex.question for ex in held}
-    lines = set(tasks.pretraining_lines(random.Random(0)))
     for op in "+-":
+        lines = set(tasks.fact_lines({"+": "addition", "-": "subtraction"}[op]))
         for ex in tasks.arithmetic_examples(op)[1]:
             expr = ex.question.removeprefix("What is ").removesuffix("?")
             assert f"{expr} = {ex.answer}" not in lines
@@ -33,7 +31,7 @@ def test_reverse_and_glossary_examples():
     assert all(ex.answer == ex.question.split()[-1].rstrip(".")[::-1] for ex in train + held)
     g_train, g_held = tasks.glossary_examples()
     assert {ex.answer for ex in g_held} <= set(tasks.GLOSSARY.values())
-    assert len(g_held) == len(tasks.GLOSSARY)
+    assert len(g_held) == 2 * len(tasks.GLOSSARY)
 
 
 def test_normalize_answer():
@@ -45,7 +43,7 @@ def test_normalize_answer():
 @pytest.fixture(scope="module")
 def tok():
     texts = ["The quick brown fox jumps over the lazy dog. 12 + 34 = 46"] * 50
-    texts += tasks.pretraining_lines(random.Random(0))[:2000]
+    texts += tasks.fact_lines("addition")[:2000]
     return train_tokenizer(texts, vocab_size=400)
 
 
