@@ -1,0 +1,55 @@
+# mlzero chat app, CPU only.
+#
+#   docker build -t mlzero-chat .                      # model mounted at run time (default)
+#   docker run --rm -p 7860:7860 -v "$PWD/models/tiny-chat:/models/tiny-chat:ro" mlzero-chat
+#
+#   docker build --target baked -t mlzero-chat:baked .  # model folder copied into the image
+#   docker run --rm -p 7860:7860 mlzero-chat:baked
+#
+# Other runtimes: append app flags, e.g. `docker run ... mlzero-chat --model /models/tiny-chat
+# --backend gguf --host 0.0.0.0` (needs the folder's gguf/ export; onnx needs onnx/).
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    HF_HUB_OFFLINE=1 \
+    MLZERO_THREADS=2
+
+# Dependencies first, in their own layers, so code changes do not reinstall them.
+# The CPU wheel index: plain `pip install torch` pulls a multi-GB CUDA build.
+# Two layers on purpose (hence the DL3059 ignore): torch is the big one and changes least.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# hadolint ignore=DL3059
+RUN pip install \
+        numpy==2.4.6 \
+        transformers==5.24.0 \
+        tokenizers==0.23.3 \
+        safetensors==0.8.0 \
+        onnxruntime==1.32.0 \
+        xllamacpp==2026.10.11549 \
+        gradio==6.31.0 \
+        gradio_client==2.7.2
+
+# hadolint ignore=DL3059
+RUN useradd --create-home --uid 10001 mlzero
+WORKDIR /app
+# serving/ only: it never imports training/ or scratch/.
+COPY --chown=10001:10001 serving/ /app/serving/
+USER 10001
+
+EXPOSE 7860
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
+ENTRYPOINT ["python", "-m", "serving.app"]
+# 0.0.0.0 inside the container; publish the port on the host with -p (127.0.0.1:7860:7860 keeps it local).
+CMD ["--model", "/models/tiny-chat", "--backend", "torch", "--host", "0.0.0.0", "--port", "7860"]
+
+# The model baked in: `docker build --target baked` (needs models/tiny-chat in the build context).
+FROM base AS baked
+COPY --chown=10001:10001 models/tiny-chat/ /models/tiny-chat/
+
+# Default target: the model is mounted at /models/tiny-chat when the container runs.
+FROM base AS mounted

