@@ -7,8 +7,10 @@ shared backend and measures the speed of each reply.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +118,54 @@ def check_message(message: Any, limits: Limits) -> str | None:
     return None
 
 
+class _Failure:
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+def in_one_thread(make: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """Run the generator `make()` in one dedicated thread and yield its items here.
+
+    Gradio resumes a streaming handler in whichever worker thread is free, but per-thread state
+    such as torch's inference mode only holds in the thread that set it (on another thread the
+    torch backend's logits require grad and `.numpy()` fails). Closing this iterator early (a
+    client leaves, the stop button) stops the producer at its next item, releasing the model.
+    """
+    items: queue.Queue = queue.Queue(maxsize=64)  # bounded: an abandoned stream stops soon
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        gen = make()
+        try:
+            for item in gen:
+                if not put(item):
+                    break
+        except BaseException as err:  # re-raised in the consumer's thread
+            put(_Failure(err))
+        finally:
+            gen.close()
+            put(done)
+
+    threading.Thread(target=produce, daemon=True, name="mlzero-generate").start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, _Failure):
+                raise item.err
+            yield item
+    finally:
+        stop.set()
+
+
 class ChatService:
     """One backend shared by every request; the backend's lock runs one generation at a time."""
 
@@ -156,7 +206,7 @@ class ChatService:
         start = time.perf_counter()
         first = None
         text = ""
-        for piece in self.backend.stream(messages, max_new, temperature, seed):
+        for piece in in_one_thread(lambda: self.backend.stream(messages, max_new, temperature, seed)):
             if first is None:
                 first = time.perf_counter() - start
             text += piece

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import pytest
 
@@ -40,8 +42,10 @@ class FakeBackend:
 
     def stream(self, messages, max_new_tokens, temperature, seed):
         self.calls.append((messages, max_new_tokens, temperature))
+        self.threads = []
         words = self.reply.split()[:max_new_tokens]
         for i, w in enumerate(words):
+            self.threads.append(threading.get_ident())
             yield w if i == 0 else " " + w
 
 
@@ -150,3 +154,43 @@ def test_reply_trims_old_history_to_the_context():
 def test_empty_model_reply_becomes_a_notice():
     outs = list(ChatService(FakeBackend("")).reply("hi", []))
     assert outs[-1].startswith(NOTICE)
+
+
+def test_generation_stays_in_one_thread_when_resumed_from_many():
+    # Gradio resumes streaming handlers from a pool of threads; torch's inference mode (and other
+    # per-thread state) only holds if every step of the model runs in the same thread.
+    backend = FakeBackend("one two three four five six")
+    gen = ChatService(backend).reply("hi", [], max_new_tokens=8)
+    outs = []
+    for _ in range(6):  # each step from a new thread
+        t = threading.Thread(target=lambda: outs.append(next(gen)))
+        t.start()
+        t.join()
+    assert outs[-1] == "one two three four five six"
+    assert len(set(backend.threads)) == 1
+
+
+def test_backend_errors_reach_the_caller():
+    class Broken(FakeBackend):
+        def stream(self, *a):
+            yield "par"
+            raise RuntimeError("runtime crashed")
+
+    with pytest.raises(RuntimeError, match="runtime crashed"):
+        list(ChatService(Broken()).reply("hi", [], max_new_tokens=4))
+
+
+def test_closing_the_reply_early_stops_generation():
+    produced = []
+
+    class Endless(FakeBackend):
+        def stream(self, *a):
+            for i in range(10_000):
+                produced.append(i)
+                yield f" w{i}"
+
+    gen = ChatService(Endless()).reply("hi", [], max_new_tokens=8)
+    next(gen)
+    gen.close()
+    time.sleep(0.5)
+    assert len(produced) < 1000
