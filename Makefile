@@ -33,8 +33,11 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Benchmarks print ratios measured side by side; results are recorded in BENCHMARKS.md.
+# bench_export and bench_serving need the default model: run `make demo` (or the pipeline) first.
 bench: install
-	$(PY) -m training.bench
+	$(PY) -m training.pipeline
+	for b in training export serving nn ga ca; do $(PY) bench/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

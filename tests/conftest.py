@@ -31,6 +31,7 @@ pretrain:
   lr: 0.003
   warmup: 5
   pydoc_chars: 200000
+  fact_repeats: {addition: 1, subtraction: 1, reverse: 1, glossary: 1}
   checkpoint_every: 10
 """
 TEST_FINETUNE = """\

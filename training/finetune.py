@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from training.chatdata import BUILTIN, IGNORE, encode_rows, load_rows, write_jsonl
-from training.common import UsageError, atomic_write_json, cli_main, set_seed
-from training.modelfolder import plot_loss, publish, read_recipe, staging_dir, write_card
-from training.trainer import TrainConfig, distributed, train
+from training.common import UsageError, atomic_write_json, cli_main
+from training.modelfolder import plot_loss, publish, recipe_settings, staging_dir, write_card
+from training.trainer import TrainConfig, start_run, train
 
 DEFAULTS = {
     "dataset": BUILTIN,
@@ -73,13 +73,7 @@ def add_lora(model, s: dict):
 
 
 def settings_from(args: argparse.Namespace) -> dict:
-    s = {**DEFAULTS, **read_recipe(args.out, "finetune")}
-    unknown = set(s) - set(DEFAULTS)
-    if unknown:
-        raise UsageError(f"unknown finetune setting(s) in recipe: {', '.join(sorted(unknown))}")
-    for key in ("dataset", "steps", "seed", "batch_size", "checkpoint_every", "lr", "lora_r"):
-        if getattr(args, key, None) is not None:
-            s[key] = getattr(args, key)
+    s = recipe_settings(args.out, "finetune", DEFAULTS, {k: getattr(args, k) for k in ("dataset", "steps", "seed", "batch_size", "checkpoint_every", "lr", "lora_r")})
     if s["steps"] < 1 or s["batch_size"] < 1 or s["lora_r"] < 1:
         raise UsageError("steps, batch size and LoRA rank must be >= 1")
     return s
@@ -106,11 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     s = settings_from(args)
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    rank, world = distributed()
-    set_seed(s["seed"])
-    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    rank, world = start_run(out, s["seed"])
 
     rows = load_rows(s["dataset"], s["split"])
     model, tok = load_base(args.base, args.trust_remote_code)

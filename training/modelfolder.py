@@ -27,6 +27,18 @@ def read_recipe(folder: str | Path, section: str) -> dict[str, Any]:
     return dict(data.get(section, {}))
 
 
+def recipe_settings(out: str | Path, section: str, defaults: dict[str, Any],
+                    flags: dict[str, Any]) -> dict[str, Any]:
+    """Settings in order of precedence: command-line flags (those given), the folder's
+    recipe.yaml section, then the stage's defaults. Unknown recipe keys are an error."""
+    s = {**defaults, **read_recipe(out, section)}
+    unknown = set(s) - set(defaults)
+    if unknown:
+        raise UsageError(f"unknown {section} setting(s) in recipe: {', '.join(sorted(unknown))}")
+    s.update({k: v for k, v in flags.items() if v is not None})
+    return s
+
+
 def require_model(folder: str | Path, made_by: str) -> Path:
     """A local model folder a previous stage finished, or a one-line error naming that stage."""
     path = Path(folder)

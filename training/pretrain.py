@@ -20,9 +20,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from training import corpus
 from training import tokenizer as tokenizer_lib
-from training.common import UsageError, atomic_write_json, cli_main, set_seed
-from training.modelfolder import plot_loss, publish, read_recipe, staging_dir, write_card
-from training.trainer import TrainConfig, distributed, train
+from training.common import UsageError, atomic_write_json, cli_main
+from training.modelfolder import plot_loss, publish, recipe_settings, staging_dir, write_card
+from training.trainer import TrainConfig, start_run, train
 
 DEFAULTS = {
     "vocab_size": 1024,
@@ -81,13 +81,7 @@ def mean_loss(model, windows: np.ndarray, batch: int = 64) -> float:
 
 
 def settings_from(args: argparse.Namespace) -> dict:
-    s = {**DEFAULTS, **read_recipe(args.out, "pretrain")}
-    unknown = set(s) - set(DEFAULTS)
-    if unknown:
-        raise UsageError(f"unknown pretrain setting(s) in recipe: {', '.join(sorted(unknown))}")
-    for key in ("steps", "seed", "batch_size", "seq_len", "checkpoint_every"):
-        if getattr(args, key, None) is not None:
-            s[key] = getattr(args, key)
+    s = recipe_settings(args.out, "pretrain", DEFAULTS, {k: getattr(args, k) for k in ("steps", "seed", "batch_size", "seq_len", "checkpoint_every")})
     if s["steps"] < 1 or s["batch_size"] < 1 or s["seq_len"] < 8:
         raise UsageError("steps and batch size must be >= 1 and seq-len >= 8")
     if s["hidden_size"] % s["num_attention_heads"] or s["num_attention_heads"] % s["num_key_value_heads"]:
@@ -107,11 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     s = settings_from(args)
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    rank, world = distributed()
-    set_seed(s["seed"])
-    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    rank, world = start_run(out, s["seed"])
 
     # 1. Data and tokenizer. On resume, reuse the saved tokenizer so ids stay the same.
     docs = corpus.build_documents(s["pydoc_chars"], s["fact_repeats"], seed=s["seed"])

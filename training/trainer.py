@@ -77,6 +77,19 @@ def distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def start_run(out: Path, seed: int) -> tuple[int, int]:
+    """Common start of a training stage: check the output path, join the process group when
+    launched by torchrun/accelerate, seed everything, share the cores among processes."""
+    from training.common import UsageError, set_seed
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    rank, world = distributed()
+    set_seed(seed)
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    return rank, world
+
+
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 

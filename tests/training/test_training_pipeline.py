@@ -1,6 +1,7 @@
 """Integration tests: each stage runs for real on the tiny test recipe (see conftest)."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -114,16 +115,25 @@ def test_killed_run_resumes_to_the_same_weights(stage, tiny_base, tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_two_process_data_parallel_run_keeps_replicas_identical(tiny_base, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_data_parallel_run_keeps_replicas_identical(launcher, tiny_base, tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
     (out / "recipe.yaml").write_text(TEST_FINETUNE)
-    torchrun = Path(sys.executable).with_name("torchrun")
+    bin_dir = Path(sys.executable).parent
+    port = {"torchrun": "29517", "accelerate": "29518"}[launcher]
+    launch = {
+        "torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node=2", f"--master_port={port}"],
+        # --multi_gpu is accelerate's name for "several processes"; on CPU they use gloo
+        "accelerate": [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes=2",
+                       "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
+                       f"--main_process_port={port}"],
+    }[launcher]
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "--master_port=29517", "-m", "training.finetune",
-         "--base", str(tiny_base), "--out", str(out), "--steps", "6", "--no-eval"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                    "OMP_NUM_THREADS": "1"})
+        [*launch, "-m", "training.finetune", "--base", str(tiny_base), "--out", str(out),
+         "--steps", "6", "--no-eval"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
