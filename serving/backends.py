@@ -115,13 +115,16 @@ class TorchBackend(Backend):
         rng = np.random.default_rng(seed)
         past = None
         x = torch.tensor([prompt_ids])
-        with torch.inference_mode():
-            for _ in range(max_new_tokens):
+        for _ in range(max_new_tokens):
+            # inference mode per step, not around the loop: a generator may be resumed on
+            # another thread (Gradio does), and the mode belongs to the thread that set it
+            with torch.inference_mode():
                 out = self.model(input_ids=x, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                tok = sample_next(out.logits[0, -1].float().numpy(), temperature, rng)
-                yield tok
-                x = torch.tensor([[tok]])
+                logits = out.logits[0, -1].float().numpy()
+            past = out.past_key_values
+            tok = sample_next(logits, temperature, rng)
+            yield tok
+            x = torch.tensor([[tok]])
 
     def generate_batch(self, conversations, max_new_tokens=32):
         torch = self.torch

@@ -26,7 +26,7 @@ from training.trainer import TrainConfig, start_run, train
 DEFAULTS = {
     "dataset": BUILTIN,
     "split": "train",
-    "steps": 600,
+    "steps": 1100,
     "batch_size": 64,
     "lr": 3e-3,
     "warmup": 50,
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         "LoRA": {"r": s["lora_r"], "alpha": s["lora_alpha"], "target_modules": s["target_modules"],
                  "trainable parameters": f"{trainable:,} of {total:,} ({trainable / total:.1%})"},
         "Training": {k: s[k] for k in ("steps", "batch_size", "lr", "warmup", "seed")},
-        "Metrics": metrics,
+        "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
         "Evaluation (held-out questions, exact match)": table or "skipped (--no-eval)",
         "Loss curve": "![loss](loss.png)",
     })

@@ -64,7 +64,7 @@ def model_config(s: dict, vocab_size: int, pad_id: int, eos_id: int) -> LlamaCon
 
 def token_stream(docs: list[str], tok: PreTrainedTokenizerFast) -> np.ndarray:
     """All documents as one array of ids, each followed by <|endoftext|>."""
-    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    ids = tok(docs, add_special_tokens=False, verbose=False)["input_ids"]  # long docs are fine here
     eos = tok.convert_tokens_to_ids(tokenizer_lib.EOS)
     return np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int64)
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "Data": f"{len(docs):,} documents: Python standard-library documentation (pydoc) and "
                 f"plain-text facts from the training split of the chat tasks; {len(stream):,} tokens.",
         "Training": {k: s[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup", "seed")},
-        "Metrics": metrics,
+        "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
         "Loss curve": "![loss](loss.png)",
     })
     publish(build, out)

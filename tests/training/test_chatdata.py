@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from training import chatdata
+from training import chatdata, tasks
 from training.common import UsageError
 from training.tokenizer import train_tokenizer
 
@@ -65,4 +65,6 @@ def test_dataset_errors_are_one_line(tmp_path):
 def test_builtin_rows_cover_every_task():
     rows = chatdata.builtin_rows()
     assert {r["task"] for r in rows} == {"addition", "subtraction", "reverse", "glossary"}
+    n_glossary = sum(r["task"] == "glossary" for r in rows)
+    assert n_glossary == chatdata.BUILTIN_REPEATS["glossary"] * len(tasks.glossary_examples()[0])
     chatdata.check_messages(rows[0]["messages"])
