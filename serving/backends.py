@@ -146,8 +146,10 @@ class TorchBackend(Backend):
         return replies
 
 
-def load_backend(model_dir: str | Path, runtime: str = "torch") -> Backend:
-    """Open a model folder with one runtime; a clear BackendError if it is not there."""
+def load_backend(model_dir: str | Path, runtime: str = "torch", gguf_file: str | Path | None = None) -> Backend:
+    """Open a model folder with one runtime; a clear BackendError if it is not there.
+
+    `gguf_file` picks one GGUF export (e.g. the q8_0 file); by default the folder's f16."""
     model_dir = Path(model_dir)
     if runtime == "torch":
         if not (model_dir / "config.json").exists():
@@ -160,5 +162,5 @@ def load_backend(model_dir: str | Path, runtime: str = "torch") -> Backend:
     if runtime == "gguf":
         from serving.gguf_backend import GgufBackend
 
-        return GgufBackend(model_dir)
+        return GgufBackend(model_dir, gguf_file=gguf_file)
     raise BackendError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")

@@ -66,18 +66,19 @@ def answer_perplexity(model_dir: str | Path, examples: list[tasks.Example]) -> f
 
 
 def evaluate(model_dir: str | Path, runtime: str = "torch", per_task: int = 200,
-             seed: int = 0) -> dict:
+             seed: int = 0, gguf_file: str | Path | None = None) -> dict:
     """The evaluation report for one model folder and runtime (see module doc)."""
     examples = tasks.held_out_examples(per_task, seed)
     try:
-        backend = load_backend(model_dir, runtime)
+        backend = load_backend(model_dir, runtime, gguf_file=gguf_file)
     except BackendError as err:
         raise UsageError(str(err)) from None
     report = exact_match_accuracy(backend, examples)
     # Perplexity needs logits; llama.cpp's API does not return them, so it is always PyTorch's.
     report["perplexity"] = round(answer_perplexity(model_dir, examples), 4)
     report["perplexity_runtime"] = "torch"
-    return {"model": str(model_dir), "runtime": runtime, "per_task": per_task, **report}
+    return {"model": str(model_dir), "runtime": runtime, "backend": backend.name,
+            "per_task": per_task, **report}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime", default="torch", choices=RUNTIMES)
     p.add_argument("--per-task", type=int, default=200, help="held-out questions per task (max)")
     p.add_argument("--seed", type=int, default=0, help="which held-out sample to draw")
+    p.add_argument("--gguf", type=Path, help="with --runtime gguf: which file (default: the f16 export)")
     p.add_argument("--json", type=Path, help="write the report here")
     args = p.parse_args(argv)
     if not (args.model / "config.json").exists():
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"--base models/tiny-base --out {args.model}")
     if args.per_task < 1:
         raise UsageError("--per-task must be >= 1")
-    report = evaluate(args.model, args.runtime, args.per_task, args.seed)
+    if args.gguf and args.runtime != "gguf":
+        raise UsageError("--gguf needs --runtime gguf")
+    report = evaluate(args.model, args.runtime, args.per_task, args.seed, args.gguf)
     for task, r in report["tasks"].items():
         print(f"{task:12s} {r['accuracy']:6.1%}  ({r['correct']}/{r['n']})")
     print(f"{'perplexity':12s} {report['perplexity']:.3f}")

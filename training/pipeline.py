@@ -45,6 +45,12 @@ def stages(serve: bool, backend: str) -> list[tuple[str, list[str], Path | None]
         out.append((f"evaluate {rt}", py + ["-m", "training.evaluate", "--model", str(CHAT),
                                             "--runtime", rt, "--json", str(CHAT / f"eval-{rt}.json")],
                     CHAT / f"eval-{rt}.json"))
+    if export_gguf.exists():  # what 8-bit quantization costs, on the same questions
+        q8 = CHAT / "gguf" / f"{CHAT.name}-q8_0.gguf"
+        out.append(("evaluate gguf q8_0", py + ["-m", "training.evaluate", "--model", str(CHAT),
+                                                "--runtime", "gguf", "--gguf", str(q8), "--json",
+                                                str(CHAT / "eval-gguf-q8_0.json")],
+                    CHAT / "eval-gguf-q8_0.json"))
     if serve:
         out.append(("serve", py + ["-m", "serving.app", "--model", str(CHAT), "--backend", backend],
                     None))

@@ -32,7 +32,8 @@ def test_every_stage_runs_on_a_fresh_clone_and_serve_comes_last(fake_repo):
     assert names[0].startswith("-m training.pretrain") and names[1].startswith("-m training.finetune")
     assert any("export_onnx.py" in " ".join(c) for c in ran)
     assert sum("export_gguf.py" in " ".join(c) for c in ran) == 2  # f16 and q8_0
-    assert [c[c.index("--runtime") + 1] for c in ran if "--runtime" in c] == ["torch", "onnx", "gguf"]
+    assert [c[c.index("--runtime") + 1] for c in ran if "--runtime" in c] == ["torch", "onnx", "gguf", "gguf"]
+    assert "--gguf" in ran[-2]  # the q8_0 file, scored on the same questions
     assert ran[-1][1:3] == ["-m", "serving.app"]
 
 
@@ -44,7 +45,7 @@ def test_finished_stages_are_reused(fake_repo, capsys):
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text("{}")
     pipeline.main([])
-    assert all("training.evaluate" in " ".join(c) for c in ran) and len(ran) == 3
+    assert all("training.evaluate" in " ".join(c) for c in ran) and len(ran) == 4
     assert "pretrain: done already" in capsys.readouterr().out
 
 
