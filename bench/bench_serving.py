@@ -3,7 +3,7 @@
     python bench/bench_serving.py --model models/tiny-chat --backend gguf      # starts the app
     python bench/bench_serving.py --url http://127.0.0.1:7860/                 # an app already up
 
-Each client asks "What is A+B?" (random A, B) through the `/chat` API in a loop, streaming the
+Each client asks "What is A + B?" (random A, B) through the `/chat` API in a loop, streaming the
 reply; time to first token is when the first non-empty piece arrives at the client, total latency
 when the reply is complete. Reports requests done, errors (must be 0), p50/p95 of both.
 """
@@ -65,7 +65,7 @@ def client_loop(url: str, clock: dict, max_new_tokens: int, think: float, seed: 
     go.wait()
     time.sleep(rng.uniform(0, think))  # users do not all press Enter in the same millisecond
     while time.monotonic() < clock["end"]:
-        question = f"What is {rng.randrange(100)}+{rng.randrange(100)}?"
+        question = f"What is {rng.randrange(100)} + {rng.randrange(100)}?"
         start = time.perf_counter()
         first = None
         try:

@@ -50,7 +50,7 @@ def build_app(service: ChatService, model_label: str, concurrency: int = 4):
         stats = gr.Markdown("Last reply: none yet.", elem_id="reply-stats", render=False)
         gr.ChatInterface(
             respond,
-            textbox=gr.Textbox(placeholder="Ask something, e.g. What is 12+34?",
+            textbox=gr.Textbox(placeholder="Ask something, e.g. What is 12 + 34?",
                                max_length=limits.max_input_chars, submit_btn=True, stop_btn=True,
                                elem_id="chat-input"),
             # Shown literally: a small model's text is not Markdown, and "<" or "*" must not vanish.

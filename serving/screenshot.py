@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m serving.screenshot", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/tiny-chat"))
     p.add_argument("--backend", default="gguf")
-    p.add_argument("--question", default="What is 12+34?")
+    p.add_argument("--question", default="What is 12 + 34?")
     p.add_argument("--out", type=Path, default=Path("docs/figures/serving_chat.png"))
     args = p.parse_args(argv)
     with socket.socket() as s:

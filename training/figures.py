@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                             width=0.4, label=which.replace("_", "-"))
         axes[2].set_xticks(list(x), tasks)
         axes[2].set(ylim=(0, 1), ylabel="exact match (held out)", title="3. evaluation")
-        axes[2].legend()
+        axes[2].legend(loc="center")
     fig.tight_layout()
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "training_curves.png"

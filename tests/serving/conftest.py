@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-QUESTION = "What is 12+34?"
+QUESTION = "What is 12 + 34?"
 MAX_NEW_TOKENS = 16  # short replies keep the served tests fast; the cap logic is unit-tested
 
 

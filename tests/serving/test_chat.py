@@ -111,10 +111,10 @@ def test_fit_context_drops_oldest_turns_whole():
 def test_reply_streams_growing_text_with_clamped_settings():
     backend = FakeBackend("forty six is the answer")
     service = ChatService(backend, Limits(max_new_tokens=3))
-    outs = list(service.reply("What is 12+34?", [], temperature=9, max_new_tokens=50))
+    outs = list(service.reply("What is 12 + 34?", [], temperature=9, max_new_tokens=50))
     assert outs == ["forty", "forty six", "forty six is"]
     messages, max_new, temperature = backend.calls[0]
-    assert messages == [{"role": "user", "content": "What is 12+34?"}]
+    assert messages == [{"role": "user", "content": "What is 12 + 34?"}]
     assert (max_new, temperature) == (3, Limits().max_temperature)
 
 
