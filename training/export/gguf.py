@@ -7,8 +7,11 @@ tensor-name map, the quantizer. We do not call llama.cpp's convert_hf_to_gguf.py
 refuses BPE vocabularies it has not seen (it identifies pre-tokenizers by hashing sample
 tokenizations); instead the pre-tokenizer is recognised here from its structure in tokenizer.json.
 
-Supported: `LlamaForCausalLM` checkpoints (our tiny models, SmolLM2, and TinyLlama's weights)
-with a byte-level BPE tokenizer whose pre-tokenizer llama.cpp knows (see PRE_TOKENIZERS).
+Supported: `LlamaForCausalLM` checkpoints with either tokenizer kind llama.cpp implements:
+- byte-level BPE (our tiny models, SmolLM2) whose pre-tokenizer llama.cpp knows
+  (see detect_pre_tokenizer), written as tokenizer model "gpt2";
+- SentencePiece-style BPE with byte fallback (TinyLlama, Llama 2: a "▁"-prepending normalizer
+  and <0xXX> byte tokens), written as tokenizer model "llama" (see add_llama_vocab).
 """
 
 from __future__ import annotations
@@ -143,21 +146,69 @@ def chat_template(model_dir: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -> None:
-    """BPE vocabulary, token types, merges, special ids and the chat template."""
-    if not (model_dir / "tokenizer.json").is_file():
-        raise UsageError(f"{model_dir} has no tokenizer.json (a fast BPE tokenizer is required)")
-    tok_json = _read_json(model_dir / "tokenizer.json")
-    model = tok_json.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UsageError(f"unsupported tokenizer model in {model_dir}: only byte-level BPE is "
-                         "exported (SentencePiece-style byte-fallback vocabularies are not)")
-    pre = detect_pre_tokenizer(tok_json)
+def check_sentencepiece_layout(tok_json: dict[str, Any]) -> None:
+    """Refuse byte-fallback tokenizers whose text handling llama.cpp's "llama" model would not
+    reproduce. That model prepends "▁" to every text fragment (also after a special token) and
+    turns spaces into "▁", with no further splitting: exactly the normalizer of Llama 2's and
+    TinyLlama's tokenizer.json (Prepend "▁", then Replace " " with "▁") and no pre-tokenizer.
+    """
+    norm = tok_json.get("normalizer") or {}
+    steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+    expected = [{"type": "Prepend", "prepend": "▁"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
+    if steps != expected or tok_json.get("pre_tokenizer"):
+        kinds = [s.get("type") for s in steps if s] + [(tok_json.get("pre_tokenizer") or {}).get("type")]
+        raise UsageError(f"unsupported tokenizer: byte-fallback BPE with {[k for k in kinds if k]} has "
+                         "no llama.cpp equivalent here (supported: Llama 2 / TinyLlama layout, "
+                         "normalizer Prepend('▁') + Replace(' ', '▁') and no pre-tokenizer)")
 
-    vocab: dict[str, int] = dict(model["vocab"])
+
+def merge_scores(model: dict[str, Any]) -> dict[str, float]:
+    """SentencePiece scores from BPE merge ranks.
+
+    llama.cpp's "llama" tokenizer repeatedly joins the adjacent pair whose joined token has the
+    highest score; HF BPE joins the pair with the lowest merge rank. Scoring each token by minus
+    the rank of the first merge that produces it makes both pick the same pair. (gguf's
+    LlamaHfVocab gives every token -1000, which would merge left to right instead.)
+    """
+    scores: dict[str, float] = {}
+    for rank, merge in enumerate(model.get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        scores.setdefault(left + right, -1.0 - rank)
+    return scores
+
+
+def add_llama_vocab(w: gguf.GGUFWriter, model_dir: Path, tok_json: dict[str, Any], n_vocab: int) -> None:
+    """A SentencePiece-style BPE vocabulary as llama.cpp's "llama" tokenizer model: tokens,
+    scores and types (<0xXX> byte tokens BYTE, special tokens CONTROL)."""
+    check_sentencepiece_layout(tok_json)
+    vocab = gguf.LlamaHfVocab(model_dir)  # reads tokenizer.json through transformers
+    scores = merge_scores(tok_json["model"])
+    tokens: list[str] = []
+    types: list[gguf.TokenType] = []
+    for text, _placeholder_score, token_type in vocab.all_tokens():
+        tokens.append(text.decode("utf-8"))
+        types.append(token_type)
+    if len(tokens) > n_vocab:
+        raise UsageError(f"tokenizer has {len(tokens)} tokens but the model's vocab_size is {n_vocab}")
+    # Embedding rows past the tokenizer (padding to a round size) get unused placeholder tokens.
+    pad = range(len(tokens), n_vocab)
+    tokens += [f"[PAD{i}]" for i in pad]
+    types += [gguf.TokenType.UNUSED] * len(pad)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores([scores.get(t, 0.0) for t in tokens])
+    w.add_token_types(types)
+    w.add_add_space_prefix(True)  # the Prepend("▁") normalizer checked above
+
+
+def add_byte_level_vocab(w: gguf.GGUFWriter, tok_json: dict[str, Any], n_vocab: int) -> None:
+    """A byte-level BPE vocabulary as llama.cpp's "gpt2" tokenizer model (merges come later)."""
+    pre = detect_pre_tokenizer(tok_json)
+    vocab: dict[str, int] = dict(tok_json["model"]["vocab"])
     added = {t["content"]: t for t in tok_json.get("added_tokens", [])}
     vocab.update({content: t["id"] for content, t in added.items()})
-    n_vocab = config["vocab_size"]
     if max(vocab.values()) >= n_vocab:
         raise UsageError(f"tokenizer has ids up to {max(vocab.values())} but the model's "
                          f"vocab_size is {n_vocab}")
@@ -177,15 +228,32 @@ def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -
     w.add_token_list(tokens)
     w.add_token_types(types)
 
-    # SpecialVocab reads merges (either tokenizer.json format) and the special-token ids.
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
-    tok_cfg = _read_json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
+
+def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -> None:
+    """Vocabulary (byte-level or byte-fallback BPE), special ids and the chat template."""
+    if not (model_dir / "tokenizer.json").is_file():
+        raise UsageError(f"{model_dir} has no tokenizer.json (a fast BPE tokenizer is required)")
+    tok_json = _read_json(model_dir / "tokenizer.json")
+    model = tok_json.get("model", {})
+    n_vocab = config["vocab_size"]
+    if model.get("type") != "BPE":
+        raise UsageError(f"unsupported tokenizer model {model.get('type')} in {model_dir}: only BPE "
+                         "(byte-level, or SentencePiece-style with byte fallback) is exported")
+    byte_fallback = bool(model.get("byte_fallback"))
+    if byte_fallback:
+        add_llama_vocab(w, model_dir, tok_json, n_vocab)
+    else:
+        add_byte_level_vocab(w, tok_json, n_vocab)
+
+    # SpecialVocab reads the special-token ids, whether BOS/EOS are added (tokenizer_config, else
+    # the post-processor), and merges, which only the byte-level model uses.
+    special = gguf.SpecialVocab(model_dir, load_merges=not byte_fallback, n_vocab=n_vocab)
     # Our tokenizers name no BOS; the model config's bos id (<|endoftext|>) is what llama.cpp
     # reports, but it is never added: prompts tokenize the same as in transformers.
     if "bos" not in special.special_token_ids and isinstance(config.get("bos_token_id"), int):
         special.special_token_ids["bos"] = config["bos_token_id"]
-    special.add_special_token["bos"] = bool(tok_cfg.get("add_bos_token", False))
-    special.add_special_token["eos"] = bool(tok_cfg.get("add_eos_token", False))
+    special.add_special_token.setdefault("bos", False)
+    special.add_special_token.setdefault("eos", False)
     special.chat_template = chat_template(model_dir)
     special.add_to_gguf(w, quiet=True)
 
