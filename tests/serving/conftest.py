@@ -51,10 +51,21 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def served_app(tiny_chat: Path, tmp_path_factory) -> Iterator[str]:
+def served_model(tmp_path_factory) -> Path:
+    """The model the served tests chat with: a small random Llama with the project's tokenizer and
+    chat template (the export tests' parity model). Random weights far from ties give a long,
+    varied greedy reply; the tiny trained fixtures collapse to whitespace after a few steps, and
+    the trained default is served in test_default_model.py."""
+    from tests.export.conftest import make_random_llama
+
+    return make_random_llama(tmp_path_factory.mktemp("served") / "random-llama")
+
+
+@pytest.fixture(scope="session")
+def served_app(served_model: Path, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("served") / "app.log"
-    proc = start_app([sys.executable, "-m", "serving.app", "--model", str(tiny_chat),
+    proc = start_app([sys.executable, "-m", "serving.app", "--model", str(served_model),
                       "--backend", "torch", "--port", str(port)], port, log)
     try:
         yield f"http://127.0.0.1:{port}/"
@@ -63,13 +74,11 @@ def served_app(tiny_chat: Path, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def expected_reply(tiny_chat: Path) -> str:
-    """The backend's own greedy reply to QUESTION: what the app must show, piece for piece.
-    (The fixture model is untrained, so its answer is not arithmetic; the trained default's
-    arithmetic is measured by training.evaluate and the README.)"""
+def chat_case(served_model: Path) -> tuple[str, str]:
+    """(question, the backend's own greedy reply): what the app must show, piece for piece."""
     from serving.backends import load_backend
 
-    backend = load_backend(tiny_chat, "torch")
+    backend = load_backend(served_model, "torch")
     reply = backend.generate([{"role": "user", "content": QUESTION}], MAX_NEW_TOKENS)
-    assert reply.strip(), "the fixture model's greedy reply is empty; pick another question"
-    return reply
+    assert reply.strip(), "the served model's greedy reply is empty; pick another question"
+    return QUESTION, reply

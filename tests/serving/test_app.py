@@ -12,14 +12,16 @@ from tests.conftest import run_cli
 from tests.serving.conftest import MAX_NEW_TOKENS, QUESTION
 
 
-def test_chat_api_returns_the_backends_greedy_reply(served_app: str, expected_reply: str):
+def test_chat_api_returns_the_backends_greedy_reply(served_app: str, chat_case: tuple[str, str]):
+    question, expected_reply = chat_case
     client = Client(served_app, verbose=False)
-    reply = client.predict(QUESTION, 0.0, MAX_NEW_TOKENS, api_name="/chat")
+    reply = client.predict(question, 0.0, MAX_NEW_TOKENS, api_name="/chat")
     assert reply == expected_reply
 
 
-def test_chat_api_streams_pieces_that_grow_into_the_reply(served_app: str, expected_reply: str):
-    job = Client(served_app, verbose=False).submit(QUESTION, 0.0, MAX_NEW_TOKENS, api_name="/chat")
+def test_chat_api_streams_pieces_that_grow_into_the_reply(served_app: str, chat_case: tuple[str, str]):
+    question, expected_reply = chat_case
+    job = Client(served_app, verbose=False).submit(question, 0.0, MAX_NEW_TOKENS, api_name="/chat")
     final = job.result(timeout=120)
     outputs = [o for o in job.outputs() if o]
     assert final == expected_reply

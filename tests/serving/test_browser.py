@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from serving.screenshot import chat_in_browser
-from tests.serving.conftest import MAX_NEW_TOKENS, QUESTION
+from tests.serving.conftest import MAX_NEW_TOKENS
 
 
 def test_chromium_is_installed():
@@ -18,10 +18,11 @@ def test_chromium_is_installed():
         "the browser test must run, not skip")
 
 
-def test_browser_chat_shows_the_streamed_greedy_reply(served_app: str, expected_reply: str,
+def test_browser_chat_shows_the_streamed_greedy_reply(served_app: str, chat_case: tuple[str, str],
                                                       tmp_path: Path):
+    question, expected_reply = chat_case
     shot = tmp_path / "serving_chat.png"
-    reply, stats = chat_in_browser(served_app, QUESTION, shot, max_new_tokens=MAX_NEW_TOKENS)
+    reply, stats = chat_in_browser(served_app, question, shot, max_new_tokens=MAX_NEW_TOKENS)
     # max new tokens set through the settings slider: a 64-token reply would not match
     assert reply.strip() == expected_reply.strip()
     assert "tokens/s" in stats

@@ -13,7 +13,7 @@ from pathlib import Path
 from gradio_client import Client
 
 from tests.conftest import ROOT
-from tests.serving.conftest import MAX_NEW_TOKENS, QUESTION, free_port, start_app, stop_app
+from tests.serving.conftest import MAX_NEW_TOKENS, free_port, start_app, stop_app
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -50,19 +50,20 @@ def test_pins_match_the_tested_environment():
         assert version(name).split("+")[0] == pinned, f"{name}: Dockerfile {pinned}, here {version(name)}"
 
 
-def test_container_command_serves_the_model(tiny_chat: Path, expected_reply: str, tmp_path: Path):
+def test_container_command_serves_the_model(served_model: Path, chat_case: tuple[str, str], tmp_path: Path):
+    question, expected_reply = chat_case
     argv = instruction("ENTRYPOINT") + instruction("CMD")
     assert argv[:3] == ["python", "-m", "serving.app"]
     assert argv[argv.index("--host") + 1] == "0.0.0.0"  # reachable through a published port
     port = free_port()
     argv = [sys.executable if a == "python" else
-            str(tiny_chat) if a == "/models/tiny-chat" else
+            str(served_model) if a == "/models/tiny-chat" else
             str(port) if a == "7860" else a for a in argv]
-    assert str(tiny_chat) in argv and str(port) in argv, "CMD no longer names the model path or port"
+    assert str(served_model) in argv and str(port) in argv, "CMD no longer names the model path or port"
     proc = start_app(argv, port, tmp_path / "app.log")
     try:
         reply = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
-            QUESTION, 0.0, MAX_NEW_TOKENS, api_name="/chat")
+            question, 0.0, MAX_NEW_TOKENS, api_name="/chat")
         assert reply == expected_reply
     finally:
         stop_app(proc)
