@@ -33,6 +33,7 @@ from scratch.nn.data import CharDataset, default_text  # noqa: E402
 from scratch.nn.modules import GPT  # noqa: E402
 from scratch.nn.optim import SGD, AdamW, clip_grad_norm, cosine_lr  # noqa: E402
 from scratch.nn.tensor import Tensor, no_grad  # noqa: E402
+from tests.scratch.torch_reference import TorchBlock  # noqa: E402
 
 
 def alternate(step_a, step_b, blocks: int, per_block: int) -> tuple[float, float]:
@@ -77,25 +78,6 @@ def bench_mlp(blocks: int) -> dict:
         torch_step()
     ours, theirs = alternate(scratch_step, torch_step, blocks, 50)
     return {"scratch_ms": ours * 1e3, "torch_ms": theirs * 1e3, "ratio": ours / theirs}
-
-
-class TorchBlock(tnn.Module):
-    """The same pre-norm block as scratch.nn.modules.TransformerBlock, in PyTorch."""
-
-    def __init__(self, dim, n_head):
-        super().__init__()
-        self.ln1, self.ln2 = tnn.LayerNorm(dim), tnn.LayerNorm(dim)
-        self.qkv, self.proj = tnn.Linear(dim, 3 * dim), tnn.Linear(dim, dim)
-        self.fc, self.fc_proj = tnn.Linear(dim, 4 * dim), tnn.Linear(4 * dim, dim)
-        self.n_head = n_head
-
-    def forward(self, x):
-        b, t, dim = x.shape
-        qkv = self.qkv(self.ln1(x)).reshape(b, t, 3, self.n_head, dim // self.n_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        heads = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(heads.transpose(1, 2).reshape(b, t, dim))
-        return x + self.fc_proj(TF.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
 
 class TorchGPT(tnn.Module):

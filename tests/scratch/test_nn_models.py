@@ -19,6 +19,7 @@ from scratch.nn.data import CharDataset, DataLoader, load_mnist, read_idx
 from scratch.nn.modules import GPT, RNN, Linear, ReLU, Sequential, TransformerBlock
 from scratch.nn.optim import SGD, AdamW, clip_grad_norm, cosine_lr, count_denormals
 from scratch.nn.tensor import Tensor
+from tests.scratch.torch_reference import TorchBlock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,22 +52,6 @@ def test_mlp_with_pytorch_initial_weights_gives_the_same_loss_and_grads():
     t_params = dict(t_model.named_parameters())
     for name, p in model.named_parameters():
         assert rel_err(p.grad, t_params[name.removeprefix("layers.")].grad) <= 1e-9, name
-
-
-class TorchBlock(tnn.Module):
-    def __init__(self, dim, n_head):
-        super().__init__()
-        self.ln1, self.ln2 = tnn.LayerNorm(dim), tnn.LayerNorm(dim)
-        self.qkv, self.proj = tnn.Linear(dim, 3 * dim), tnn.Linear(dim, dim)
-        self.fc, self.fc_proj = tnn.Linear(dim, 4 * dim), tnn.Linear(4 * dim, dim)
-        self.n_head = n_head
-
-    def forward(self, x):
-        b, t, dim = x.shape
-        q, k, v = self.qkv(self.ln1(x)).reshape(b, t, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
-        heads = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(heads.transpose(1, 2).reshape(b, t, dim))
-        return x + self.fc_proj(TF.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
 
 def test_transformer_block_with_pytorch_initial_weights_gives_the_same_loss_and_grads():
