@@ -61,7 +61,9 @@ def served_model(tmp_path_factory) -> Path:
     return make_random_llama(tmp_path_factory.mktemp("served") / "random-llama")
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: an idle server left running would slow the long training run in
+# test_default_model.py (2-thread PyTorch stalls when another process takes CPU).
+@pytest.fixture(scope="module")
 def served_app(served_model: Path, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("served") / "app.log"
