@@ -124,8 +124,6 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         print(f"model: {n_params / 1e6:.2f}M parameters; data: {len(stream):,} tokens "
               f"({len(train_windows):,} windows of {s['seq_len']})")
-        if not (ckpt / "tokenizer.json").exists():
-            tok.save_pretrained(ckpt)  # the checkpoint folder is created here first
 
     def get_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(train_windows[idx])
@@ -134,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig(steps=s["steps"], lr=s["lr"], warmup=min(s["warmup"], s["steps"] // 2 or 1),
                       batch_size=s["batch_size"], seed=s["seed"],
                       checkpoint_every=s["checkpoint_every"])
-    result = train(model, get_batch, len(train_windows), cfg, ckpt, resume=args.resume, desc="pretrain")
+    result = train(model, get_batch, len(train_windows), cfg, ckpt, resume=args.resume,
+                   desc="pretrain", save_extra=tok.save_pretrained)
     if rank != 0:
         return
 

@@ -94,7 +94,8 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(ckpt: Path, model, opt, step: int, result: TrainResult) -> None:
+def save_checkpoint(ckpt: Path, model, opt, step: int, result: TrainResult,
+                    save_extra: Callable[[Path], None] | None = None) -> None:
     params = _trainable(model)
     tensors, opt_tensors = {}, {}
     for name, p in params.items():
@@ -111,6 +112,8 @@ def save_checkpoint(ckpt: Path, model, opt, step: int, result: TrainResult) -> N
             {"step": step, "history": result.history, "tokens": result.tokens,
              "seconds": result.seconds},
         )
+        if save_extra is not None:  # e.g. the tokenizer, so a resumed run reuses its ids
+            save_extra(tmp)
 
 
 def load_checkpoint(ckpt: Path, model, opt, result: TrainResult) -> int:
@@ -141,8 +144,10 @@ def train(
     checkpoint_dir: Path,
     resume: bool = False,
     desc: str = "train",
+    save_extra: Callable[[Path], None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place. `get_batch(indices)` turns item indices into model inputs."""
+    """Train `model` in place. `get_batch(indices)` turns item indices into model inputs;
+    `save_extra(folder)` adds files of the caller's to every checkpoint."""
     rank, world = distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
@@ -190,7 +195,7 @@ def train(
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             result.seconds = time.perf_counter() - t0
             if rank == 0:
-                save_checkpoint(checkpoint_dir, model, opt, done, result)
+                save_checkpoint(checkpoint_dir, model, opt, done, result, save_extra)
             if world > 1:
                 dist.barrier()
     result.seconds = time.perf_counter() - t0
