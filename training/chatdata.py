@@ -14,6 +14,7 @@ from pathlib import Path
 
 from training import tasks
 from training.common import UsageError, atomic_write_text
+from training.modelfolder import looks_like_hub_id
 
 BUILTIN = "builtin"
 ROLES = {"system", "user", "assistant"}
@@ -52,7 +53,7 @@ def load_rows(spec: str, split: str = "train") -> list[dict]:
             if kind is None:
                 raise UsageError(f"{spec}: expected a .jsonl, .json or .parquet file")
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-        elif path.is_dir() or (spec.count("/") == 1 and not spec.startswith((".", "/"))):
+        elif path.is_dir() or looks_like_hub_id(spec):
             ds = datasets.load_dataset(spec, split=split)
         else:
             raise UsageError(f"dataset {spec!r} is neither a local file/folder nor a hub id")

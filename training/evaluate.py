@@ -17,6 +17,7 @@ from pathlib import Path
 from serving.backends import RUNTIMES, Backend, BackendError, load_backend
 from training import tasks
 from training.common import UsageError, atomic_write_json, cli_main
+from training.modelfolder import require_model
 
 
 def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch: int = 64,
@@ -90,9 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gguf", type=Path, help="with --runtime gguf: which file (default: the f16 export)")
     p.add_argument("--json", type=Path, help="write the report here")
     args = p.parse_args(argv)
-    if not (args.model / "config.json").exists():
-        raise UsageError(f"{args.model} holds no finished model; run: python -m training.finetune "
-                         f"--base models/tiny-base --out {args.model}")
+    require_model(args.model, f"python -m training.finetune --base models/tiny-base --out {args.model}")
     if args.per_task < 1:
         raise UsageError("--per-task must be >= 1")
     if args.gguf and args.runtime != "gguf":

@@ -20,7 +20,15 @@ import torch
 
 from training.chatdata import BUILTIN, IGNORE, encode_rows, load_rows, write_jsonl
 from training.common import UsageError, atomic_write_json, cli_main
-from training.modelfolder import plot_loss, publish, recipe_settings, staging_dir, write_card
+from training.modelfolder import (
+    looks_like_hub_id,
+    plot_loss,
+    publish,
+    recipe_settings,
+    require_model,
+    staging_dir,
+    write_card,
+)
 from training.trainer import TrainConfig, start_run, train
 
 DEFAULTS = {
@@ -45,10 +53,9 @@ def load_base(name: str, trust_remote_code: bool):
     """Model and tokenizer from a local folder or a hub id (no remote code unless asked)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(name)
-    if path.exists() and not (path / "config.json").exists():
-        raise UsageError(f"{name} holds no finished model; run: python -m training.pretrain --out {name}")
-    if not path.exists() and name.count("/") != 1:
+    if Path(name).exists():
+        require_model(name, made_by=f"python -m training.pretrain --out {name}")
+    elif not looks_like_hub_id(name):
         raise UsageError(f"base model {name!r} is neither a local folder nor a hub id; "
                          "run: python -m training.pretrain --out models/tiny-base")
     try:

@@ -44,14 +44,15 @@ def require_model(folder: str | Path, made_by: str) -> Path:
     path = Path(folder)
     if not path.is_dir():
         raise UsageError(f"{path} does not exist; run: {made_by}")
-    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
-        raise UsageError(f"{path} holds no finished model (config.json/model.safetensors); run: {made_by}")
+    # any *.safetensors: hub snapshots may be sharded (model-00001-of-00002.safetensors)
+    if not (path / "config.json").exists() or not any(path.glob("*.safetensors")):
+        raise UsageError(f"{path} holds no finished model (config.json + safetensors); run: {made_by}")
     return path
 
 
-def is_local_or_hub(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     """A hub id looks like 'org/name' and is not an existing path."""
-    return Path(name).exists() or (name.count("/") == 1 and not name.startswith((".", "/")))
+    return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/"))
 
 
 def publish(build: Path, out: Path) -> None:
