@@ -22,7 +22,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from training.common import AtomicDir, atomic_write_json, read_json
+from training.common import AtomicDir, UsageError, atomic_write_json, read_json, set_seed
 
 
 @dataclass
@@ -80,8 +80,6 @@ def distributed() -> tuple[int, int]:
 def start_run(out: Path, seed: int) -> tuple[int, int]:
     """Common start of a training stage: check the output path, join the process group when
     launched by torchrun/accelerate, seed everything, share the cores among processes."""
-    from training.common import UsageError, set_seed
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
     rank, world = distributed()
