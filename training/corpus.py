@@ -12,6 +12,7 @@ import importlib
 import io
 import pydoc
 import random
+import re
 
 from training import tasks
 from training.common import UsageError
@@ -29,6 +30,14 @@ PYDOC_MODULES = (
 ).split()
 
 
+# Sections whose text depends on the machine rather than on Python: DATA shows module values
+# (os.environ, time.tzname), FILE shows install paths. Dropping them makes the corpus, and so
+# the default model, the same on every machine with the same Python.
+MACHINE_SPECIFIC = ("DATA\n", "FILE\n")
+# Default values print as <object object at 0x7f...>: the address changes with every run.
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
 def pydoc_documents(max_chars: int) -> list[str]:
     """Plain-text pydoc pages, cut into paragraphs, until max_chars are collected."""
     docs: list[str] = []
@@ -42,7 +51,8 @@ def pydoc_documents(max_chars: int) -> list[str]:
             continue
         for para in page.split("\n\n"):
             para = "\n".join(line.strip() for line in para.splitlines()).strip()
-            if len(para) < 40 or not para.isascii():
+            para = MEMORY_ADDRESS.sub("", para)
+            if len(para) < 40 or not para.isascii() or para.startswith(MACHINE_SPECIFIC):
                 continue
             docs.append(para)
             total += len(para)
