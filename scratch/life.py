@@ -136,16 +136,14 @@ def _west_east_np(a: np.ndarray, width: int, torus: bool) -> tuple[np.ndarray, n
     return west, east
 
 
-def _vertical(a: np.ndarray, shift: int, torus: bool) -> np.ndarray:
-    """Row r of the result is row r - shift of `a` (zeros off-board when bounded)."""
-    if torus:
-        return np.roll(a, shift, axis=0)
-    out = np.zeros_like(a)
-    if shift == 1:
-        out[1:] = a[:-1]
-    else:
-        out[:-1] = a[1:]
-    return out
+def _with_ghost_rows(a: np.ndarray, torus: bool) -> np.ndarray:
+    """The board with one extra row above and below: the wrapped-around rows on a torus, zeros
+    when bounded. Each row's upper and lower neighbours are then plain slices (views), not
+    copies."""
+    g = np.empty((a.shape[0] + 2, a.shape[1]), dtype=a.dtype)
+    g[1:-1] = a
+    g[0], g[-1] = (a[-1], a[0]) if torus else (0, 0)
+    return g
 
 
 def _apply_rule_np(c, b0, b1, b2, b3, rule: Rule):
@@ -176,17 +174,27 @@ def _apply_rule_np(c, b0, b1, b2, b3, rule: Rule):
 
 
 def step_packed_numpy(a: np.ndarray, width: int, rule: Rule, torus: bool) -> np.ndarray:
-    """One generation of the bit-packed board with whole-array numpy operations."""
-    west, east = _west_east_np(a, width, torus)
+    """One generation of the bit-packed board with whole-array numpy operations.
+
+    numpy pays for every pass over the board, so this counts passes: rows are padded once
+    instead of rolled, and Life itself gets a four-operation rule.
+    """
+    g = _with_ghost_rows(a, torus)
+    west, east = _west_east_np(g, width, torus)
     # Per row: a full adder of (west, centre, east) gives the 3-cell row sum as (sum, carry);
     # the centre row uses only west + east.
-    row_sum = west ^ a ^ east
-    row_carry = (west & a) | (east & (west ^ a))
-    mid_sum, mid_carry = west ^ east, west & east
-    up_sum, up_carry = _vertical(row_sum, 1, torus), _vertical(row_carry, 1, torus)
-    dn_sum, dn_carry = _vertical(row_sum, -1, torus), _vertical(row_carry, -1, torus)
-    b0, b1, b2, b3 = _add_three_pairs(up_sum, up_carry, mid_sum, mid_carry, dn_sum, dn_carry)
-    out = _apply_rule_np(a, b0, b1, b2, b3, rule)
+    west_xor_centre = west ^ g
+    row_sum = west_xor_centre ^ east
+    row_carry = (west & g) | (east & west_xor_centre)
+    inner = slice(1, -1)
+    mid_sum, mid_carry = west[inner] ^ east[inner], west[inner] & east[inner]
+    b0, b1, b2, b3 = _add_three_pairs(row_sum[:-2], row_carry[:-2], mid_sum, mid_carry,
+                                      row_sum[2:], row_carry[2:])
+    if rule == LIFE:  # born on 3, survives on 2 or 3: count in {2, 3} (b1 set, b2 and b3 clear;
+        # b1 rules out 8) and (odd count or alive)
+        out = b1 & ~b2 & (b0 | a)
+    else:
+        out = _apply_rule_np(a, b0, b1, b2, b3, rule)
     out[:, -1] &= _last_word_mask(width)
     return out
 
