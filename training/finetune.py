@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
                       batch_size=s["batch_size"], seed=s["seed"], weight_decay=0.0,
                       checkpoint_every=s["checkpoint_every"])
     ckpt = out / "checkpoint"
-    result = train(model, get_batch, len(enc.input_ids), cfg, ckpt, resume=args.resume, desc="finetune")
+    lengths = np.array([len(ids) for ids in enc.input_ids])  # short and long rows pad apart
+    result = train(model, get_batch, len(enc.input_ids), cfg, ckpt, resume=args.resume,
+                   desc="finetune", lengths=lengths)
     if rank != 0:
         return
 

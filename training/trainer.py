@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import time
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,49 @@ def epoch_sampler(n_items: int, batch: int, seed: int, step: int) -> np.ndarray:
         perm = np.random.default_rng([seed, int(e)]).permutation(n_items)
         out[epochs == e] = perm[pos[epochs == e]]
     return out
+
+
+def split_by_length(idx: np.ndarray, lengths: np.ndarray, pass_cost: int = 256) -> list[np.ndarray]:
+    """Cut one batch into (at most) two micro-batches, short items and long items, when that
+    pads fewer tokens: a batch of 3-token sums with a few 50-token definitions would otherwise
+    pad every row to 50. `pass_cost` is what an extra forward pass costs, in tokens."""
+    order = idx[np.argsort(lengths[idx], kind="stable")]
+    sorted_len = lengths[order]
+    n = len(order)
+    best_k, best_cost = n, n * int(sorted_len[-1])
+    for k in range(1, n):
+        cost = k * int(sorted_len[k - 1]) + (n - k) * int(sorted_len[-1]) + pass_cost
+        if cost < best_cost:
+            best_k, best_cost = k, cost
+    return [order] if best_k == n else [order[:best_k], order[best_k:]]
+
+
+def _label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry a loss (causal LMs predict labels[1:] from inputs[:-1])."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def backward_in_parts(net: torch.nn.Module, batches: list[dict[str, torch.Tensor]],
+                      world: int = 1) -> torch.Tensor:
+    """Backpropagate one batch given as micro-batches; returns the batch's mean loss.
+
+    The model's loss is a mean over one micro-batch's loss tokens; weighting each by its share
+    of all loss tokens makes the gradients add up to those of the whole batch at once.
+    """
+    if len(batches) == 1:
+        loss = net(**batches[0]).loss
+        loss.backward()
+        return loss.detach()
+    counts = [_label_tokens(b) for b in batches]
+    total = torch.zeros(())
+    for i, (b, count) in enumerate(zip(batches, counts)):
+        # data-parallel: average gradients across processes once, after the last part
+        sync = nullcontext() if world == 1 or i == len(batches) - 1 else net.no_sync()
+        with sync:
+            part = net(**b).loss * (count / sum(counts))
+            part.backward()
+        total += part.detach()
+    return total
 
 
 def distributed() -> tuple[int, int]:
@@ -143,9 +187,12 @@ def train(
     resume: bool = False,
     desc: str = "train",
     save_extra: Callable[[Path], None] | None = None,
+    lengths: np.ndarray | None = None,
 ) -> TrainResult:
     """Train `model` in place. `get_batch(indices)` turns item indices into model inputs;
-    `save_extra(folder)` adds files of the caller's to every checkpoint."""
+    `save_extra(folder)` adds files of the caller's to every checkpoint. With `lengths`
+    (tokens per item), each batch runs as short and long micro-batches whose losses are
+    weighted by their loss tokens: the same gradient as the whole batch, with less padding."""
     rank, world = distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
@@ -173,15 +220,15 @@ def train(
                total=cfg.steps, dynamic_ncols=True)
     for step in bar:
         idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed, step)[rank * local:(rank + 1) * local]
-        batch = get_batch(idx)
+        parts = [idx] if lengths is None else split_by_length(idx, lengths)
+        batches = [get_batch(part) for part in parts]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = net(**batch).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = backward_in_parts(net, batches, world)
         torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
         opt.step()
-        result.tokens += int(batch["attention_mask"].sum()) * world
+        result.tokens += sum(int(b["attention_mask"].sum()) for b in batches) * world
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             value = loss.detach()
             if world > 1:

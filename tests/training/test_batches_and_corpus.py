@@ -1,0 +1,73 @@
+"""The trainer's length-split micro-batches, and the pretraining corpus: both must leave the
+result unchanged (the same gradients; the same text in every process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from tests.conftest import ROOT
+from training.trainer import backward_in_parts, split_by_length
+
+
+def test_split_by_length_keeps_every_item_and_pads_less():
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(26, 31, 60), rng.integers(40, 58, 4)])
+    idx = rng.permutation(len(lengths))
+    parts = split_by_length(idx, lengths)
+    assert len(parts) == 2
+    assert sorted(np.concatenate(parts)) == sorted(idx)
+    padded = sum(len(p) * lengths[p].max() for p in parts)
+    assert padded < 0.75 * len(idx) * lengths.max()
+    same = np.full(10, 30)  # nothing to gain: one batch
+    assert len(split_by_length(np.arange(10), same)) == 1
+
+
+def _batch(rows: list[list[int]], loss_from: list[int]) -> dict[str, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (row, start) in enumerate(zip(rows, loss_from)):
+        ids[r, : len(row)] = torch.tensor(row)
+        labels[r, start : len(row)] = torch.tensor(row[start:])
+        mask[r, : len(row)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def test_micro_batches_give_the_whole_batch_gradient():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, max_position_embeddings=64))
+    rng = np.random.default_rng(1)
+    rows = [list(rng.integers(1, 50, n)) for n in (6, 7, 6, 5, 30, 28)]
+    loss_from = [3, 4, 3, 2, 5, 20]  # unequal loss tokens per row, as in chat data
+
+    def grads(batches):
+        model.zero_grad()
+        loss = backward_in_parts(model, batches)
+        return float(loss), [p.grad.clone() for p in model.parameters()]
+
+    whole_loss, whole = grads([_batch(rows, loss_from)])
+    parts_loss, parts = grads([_batch(rows[:4], loss_from[:4]), _batch(rows[4:], loss_from[4:])])
+    assert abs(whole_loss - parts_loss) < 1e-5
+    for a, b in zip(whole, parts):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_corpus_is_the_same_in_every_process_and_environment():
+    """pydoc prints memory addresses and os.environ; the corpus must not carry them, or the
+    default model would change from one run (and machine) to the next."""
+    code = ("import hashlib; from training import corpus; "
+            "print(hashlib.sha256('\\n'.join(corpus.pydoc_documents(1_500_000)).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                              text=True, check=True).stdout
+               for env in ({"PATH": "/usr/bin:/bin", "MLZERO_PROBE": "a"},
+                           {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "TZ": "Asia/Tokyo"})}
+    assert len(digests) == 1, digests
