@@ -22,10 +22,11 @@ from training.modelfolder import require_model
 
 def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch: int = 64,
                          max_new_tokens: int = 32) -> dict:
-    """{"tasks": {task: {"accuracy", "n", "correct"}}, "samples": [...]} for one backend."""
+    """{"tasks": {task: {"accuracy", "n", "correct"}}, "samples": [...], "mistakes": [...]} for one
+    backend: samples are the first 3 questions of each task, mistakes the first 10 wrong ones."""
     correct: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)
-    samples = []
+    samples, mistakes = [], []
     for i in range(0, len(examples), batch):
         chunk = examples[i : i + batch]
         replies = backend.generate_batch([[{"role": "user", "content": ex.question}] for ex in chunk],
@@ -34,13 +35,17 @@ def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch:
             ok = tasks.normalize_answer(reply) == tasks.normalize_answer(ex.answer)
             correct[ex.task] += ok
             total[ex.task] += 1
+            row = {"task": ex.task, "question": ex.question, "expected": ex.answer,
+                   "reply": reply, "correct": bool(ok)}
             if total[ex.task] <= 3:
-                samples.append({"task": ex.task, "question": ex.question, "expected": ex.answer,
-                                "reply": reply, "correct": bool(ok)})
+                samples.append(row)
+            if not ok and total[ex.task] - correct[ex.task] <= 10:
+                mistakes.append(row)
     return {
         "tasks": {t: {"accuracy": correct[t] / total[t], "n": total[t], "correct": correct[t]}
                   for t in total},
         "samples": samples,
+        "mistakes": mistakes,
     }
 
 
