@@ -34,7 +34,7 @@ from training.trainer import TrainConfig, start_run, train
 DEFAULTS = {
     "dataset": BUILTIN,
     "split": "train",
-    "steps": 1100,
+    "steps": 1700,
     "batch_size": 64,
     "lr": 3e-3,
     "warmup": 50,

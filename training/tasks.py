@@ -106,6 +106,14 @@ def arithmetic_examples(op: str) -> tuple[list[Example], list[Example]]:
     return [make(*p) for p in train], [make(*p) for p in held]
 
 
+def has_one_digit_operand(ex: Example) -> bool:
+    """True for arithmetic questions such as "What is 58 + 1?"."""
+    if ex.task not in ("addition", "subtraction"):
+        return False
+    a, _, b = ex.question.removeprefix("What is ").removesuffix("?").split()
+    return min(len(a), len(b)) == 1
+
+
 def reverse_examples() -> tuple[list[Example], list[Example]]:
     train, held = _split(sorted(set(WORDS)), random.Random(f"{SPLIT_SEED}-reverse"))
 

@@ -68,3 +68,19 @@ def test_builtin_rows_cover_every_task():
     n_glossary = sum(r["task"] == "glossary" for r in rows)
     assert n_glossary == chatdata.BUILTIN_REPEATS["glossary"] * len(tasks.glossary_examples()[0])
     chatdata.check_messages(rows[0]["messages"])
+
+
+def test_sums_with_a_one_digit_operand_are_weighted():
+    rows = chatdata.builtin_rows()
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["task"] == "addition":
+            q = r["messages"][0]["content"]
+            counts[q] = counts.get(q, 0) + 1
+    train = tasks.arithmetic_examples("+")[0]
+    short = {ex for ex in train if tasks.has_one_digit_operand(ex)}
+    assert {"What is 58 + 10?", "What is 10 + 10?"}.isdisjoint(ex.question for ex in short)
+    assert len(short) > 1000 and {ex.question[8:].split()[0] for ex in short} >= {"7", "58"}
+    for ex in train:
+        want = chatdata.ONE_DIGIT_OPERAND_REPEATS if ex in short else 1
+        assert counts[ex.question] == want, ex
