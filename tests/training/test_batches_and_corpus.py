@@ -3,6 +3,7 @@ result unchanged (the same gradients; the same text in every process)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -61,13 +62,15 @@ def test_micro_batches_give_the_whole_batch_gradient():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_corpus_is_the_same_in_every_process_and_environment():
-    """pydoc prints memory addresses and os.environ; the corpus must not carry them, or the
-    default model would change from one run (and machine) to the next."""
+def test_corpus_is_the_same_in_every_process_and_environment(tmp_path):
+    """pydoc prints memory addresses, os.environ and the running Python's path; the corpus must
+    not carry them, or the default model would change from one run (and machine) to the next."""
     code = ("import hashlib; from training import corpus; "
             "print(hashlib.sha256('\\n'.join(corpus.pydoc_documents(1_500_000)).encode()).hexdigest())")
-    digests = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                              text=True, check=True).stdout
-               for env in ({"PATH": "/usr/bin:/bin", "MLZERO_PROBE": "a"},
-                           {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "TZ": "Asia/Tokyo"})}
+    other_python = tmp_path / "python3"  # the same interpreter, installed at another path
+    other_python.symlink_to(os.path.realpath(sys.executable))
+    runs = [(sys.executable, {"PATH": "/usr/bin:/bin", "MLZERO_PROBE": "a"}),
+            (str(other_python), {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "TZ": "Asia/Tokyo"})]
+    digests = {subprocess.run([python, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                              text=True, check=True).stdout for python, env in runs}
     assert len(digests) == 1, digests
