@@ -12,8 +12,8 @@ import hashlib
 import math
 import os
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
