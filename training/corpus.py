@@ -35,8 +35,7 @@ PYDOC_MODULES = (
 # (os.environ, time.tzname), FILE shows install paths. Dropping them makes the corpus, and so
 # the default model, the same on every machine with the same Python.
 MACHINE_SPECIFIC = ("DATA\n", "FILE\n")
-# Default values print as <object object at 0x7f...>: the address changes with every run; some
-# print the path of the running Python (platform.architecture), which depends on the install.
+# Default values print as <object object at 0x7f...>: the address changes with every run.
 MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
 
@@ -53,6 +52,8 @@ def pydoc_documents(max_chars: int) -> list[str]:
             continue
         for para in page.split("\n\n"):
             para = "\n".join(line.strip() for line in para.splitlines()).strip()
+            # platform.architecture's default shows the running Python's path, which depends
+            # on where it is installed
             para = MEMORY_ADDRESS.sub("", para).replace(sys.executable, "python")
             if len(para) < 40 or not para.isascii() or para.startswith(MACHINE_SPECIFIC):
                 continue

@@ -106,11 +106,16 @@ def arithmetic_examples(op: str) -> tuple[list[Example], list[Example]]:
     return [make(*p) for p in train], [make(*p) for p in held]
 
 
+def expression(ex: Example) -> str:
+    """The sum or difference an arithmetic question asks for: "What is 58 + 1?" -> "58 + 1"."""
+    return ex.question.removeprefix("What is ").removesuffix("?")
+
+
 def has_one_digit_operand(ex: Example) -> bool:
     """True for arithmetic questions such as "What is 58 + 1?"."""
     if ex.task not in ("addition", "subtraction"):
         return False
-    a, _, b = ex.question.removeprefix("What is ").removesuffix("?").split()
+    a, _, b = expression(ex).split()
     return min(len(a), len(b)) == 1
 
 
@@ -171,7 +176,7 @@ def fact_lines(task: str) -> list[str]:
     """
     train = TASKS[task]()[0]
     if task in ("addition", "subtraction"):
-        return [f"{ex.question.removeprefix('What is ').removesuffix('?')} = {ex.answer}" for ex in train]
+        return [f"{expression(ex)} = {ex.answer}" for ex in train]
     if task == "reverse":
         return [f"{ex.question.removeprefix('Reverse the word ').removesuffix('.')} backwards is {ex.answer}"
                 for ex in train]
