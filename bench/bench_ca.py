@@ -34,7 +34,7 @@ def bench_life(size: int = 2048) -> list[tuple[str, str, str]]:
     import numba
     from scipy.signal import convolve2d
 
-    from scratch.life import LIFE, PackedLife, step_reference
+    from scratch.ca.life import LIFE, PackedLife, step_reference
 
     cells = np.random.default_rng(0).random((size, size)) < 0.3
     n_cells = size * size
@@ -79,7 +79,7 @@ def bench_life(size: int = 2048) -> list[tuple[str, str, str]]:
 def bench_evoloop(size: int = 100) -> list[tuple[str, str, str]]:
     import cellpylib
 
-    from scratch.evoloop import evoloop_table, run, species13
+    from scratch.ca.evoloop import evoloop_table, run, species13
 
     board = species13(size)
     table = evoloop_table()
@@ -100,7 +100,7 @@ def bench_evoloop(size: int = 100) -> list[tuple[str, str, str]]:
 
 
 def bench_soup(n_programs: int = 1 << 17, epochs: int = 30) -> list[tuple[str, str, str]]:
-    from scratch.soup import Soup
+    from scratch.ca.soup import Soup
 
     soup = Soup(n_programs, seed=0)
     soup.run_epoch()  # compile
@@ -116,7 +116,7 @@ def bench_soup(n_programs: int = 1 << 17, epochs: int = 30) -> list[tuple[str, s
 
 
 def bench_transitions(seeds: int, n_programs: int = 1 << 17, max_epochs: int = 16384) -> list:
-    from scratch.soup import Soup
+    from scratch.ca.soup import Soup
 
     hits = []
     for seed in range(seeds):

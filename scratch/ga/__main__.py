@@ -1,5 +1,4 @@
-import sys
+from scratch import helpers
+from scratch.ga.cli import PROG, main
 
-from scratch.ga.cli import main
-
-sys.exit(main())
+helpers.cli_main(main, PROG)

@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import tempfile
 
 import numpy as np
 
+from scratch import helpers
 from scratch.ga.engine import Settings, evolve, random_search
 from scratch.ga.games import GAMES, make
 from scratch.ga.operators import CROSSOVERS, SELECTIONS
 
+PROG = "python -m scratch.ga"
 FRESH_EPISODES = 51  # held-out episodes for the evolved agent's median score
 
-
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= minimum, else a one-line usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive = _int_at_least(1, "a positive integer")
-_seed = _int_at_least(0, "a non-negative integer")
+_positive = helpers.int_range(1)
+_seed = helpers.int_range(0)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m scratch.ga", description=__doc__)
+    p = helpers.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--game", help="what to evolve for (see --list-games)")
     p.add_argument("--list-games", action="store_true", help="print the games, one per line")
     p.add_argument("--generations", type=_positive, help="generations (default: per game)")
@@ -56,19 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_json_atomic(path: str, data: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def population_bytes(game, population: int) -> int:
+    """Peak memory of one generation: each genome's row and its copies in breeding (parents,
+    children, float64 random draws: ~64 bytes per gene) plus the game's own simulation."""
+    per_agent = game.genome.length * 64 + getattr(game, "bytes_per_agent", lambda: 0)()
+    return population * per_agent
 
 
 def run(game, settings: Settings, progress: bool = True) -> tuple[dict, object, list]:
@@ -102,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}\t{cls.description}")
         return 0
     if not args.game:
-        sys.exit("scratch.ga: error: --game is required (or --list-games)")
+        raise helpers.UsageError("--game is required (or --list-games)", f"{PROG} --list-games")
     try:
         game = make(args.game)
     except KeyError as e:
-        sys.exit(f"scratch.ga: error: {e.args[0]}")
+        raise helpers.UsageError(e.args[0], f"{PROG} --list-games") from None
     playable = hasattr(game, "frames")
     if (args.gif or args.show or args.play) and not playable:
-        sys.exit(
-            f"scratch.ga: error: {args.game} is a benchmark function; it has no replay or play"
+        raise helpers.UsageError(
+            f"{args.game} is a benchmark function; it has no replay or play",
+            f"{PROG} --list-games",
         )
     if args.play:
         from scratch.ga.play import play_coins, play_snake
@@ -132,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         settings = Settings(**{**game.settings, **overrides, "seed": args.seed})
+        settings.check()
+        helpers.check_memory(
+            population_bytes(game, settings.population), f"--population {settings.population}"
+        )
         report, result, curve = run(game, settings, progress=not args.quiet)
     except ValueError as e:
-        sys.exit(f"scratch.ga: error: {e}")
+        raise helpers.UsageError(e) from None
 
     line = f"{game.name}: GA best {report['best_score']:.4g}, random search best "
     line += f"{report['random_search_best']:.4g} ({report['evaluations']} evaluations each)"
@@ -143,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         line += f"{report['evolved_median_score']:.4g}"
     print(line)
     if args.json:
-        write_json_atomic(args.json, report)
+        helpers.write_json(args.json, report)
     if args.plot:
         from scratch.ga.render import save_plot
 

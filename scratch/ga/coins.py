@@ -70,6 +70,10 @@ class Coins:
             path.append(position)
         return np.stack(path, axis=1), collected
 
+    def bytes_per_agent(self) -> int:
+        """Simulation memory per agent: its path of positions (int64) and a copy."""
+        return 16 * (self.genome.length + 1)
+
     def fitness(self, plans: np.ndarray) -> np.ndarray:
         return self.walk(plans)[1].sum(axis=1).astype(np.float64)
 

@@ -6,23 +6,23 @@ Writes ga_coins_fitness.png, ga_snake_fitness.png, ga_coins_replay.gif and ga_sn
 
 from __future__ import annotations
 
-import argparse
 import os
 
+from scratch import helpers
 from scratch.ga.cli import run
 from scratch.ga.engine import Settings
 from scratch.ga.games import make
 from scratch.ga.render import save_gif, save_plot
 
+PROG = "python -m scratch.ga.figures"
 MAX_FRAMES = 300  # keeps a long snake replay's GIF small
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m scratch.ga.figures", description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    p = helpers.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--out", default="docs/figures", help="folder for the figures")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=helpers.int_range(0), default=0)
     args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
     for name in ("coins", "snake"):
         game = make(name)
         report, result, curve = run(game, Settings(**{**game.settings, "seed": args.seed}))
@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         cell = 16 if name == "coins" else 12
         save_gif(frames, os.path.join(args.out, f"ga_{name}_replay.gif"), name == "snake", cell)
         print(
-            f"{name}: best {report['best_score']:.3g}, random search {report['random_search_best']:.3g}"
+            f"{name}: best {report['best_score']:.3g}, "
+            f"random search {report['random_search_best']:.3g}"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    helpers.cli_main(main, PROG)

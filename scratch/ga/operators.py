@@ -78,7 +78,7 @@ def uniform(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, rate: float)
 def blend(
     a: np.ndarray, b: np.ndarray, rng: np.random.Generator, rate: float, alpha: float = 0.5
 ) -> np.ndarray:
-    """BLX-alpha for reals: each gene drawn uniformly from the parents' interval widened by alpha."""
+    """BLX-alpha for reals: each gene uniform in the parents' interval widened by alpha."""
     gamma = rng.uniform(-alpha, 1.0 + alpha, a.shape)
     gamma *= (rng.random(len(a)) < rate)[:, None]  # gamma 0 = copy of a
     return a + gamma * (b - a)

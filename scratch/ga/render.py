@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
 import numpy as np
+
+from scratch import helpers
 
 # Cell codes shared by the games: empty, wall, coin/food, agent/head, trail/body.
 SYMBOLS = np.array([" ", "#", "o", "@", "."])
@@ -37,15 +37,6 @@ def play_in_terminal(frames: Sequence[np.ndarray], border: bool, delay: float = 
         time.sleep(delay)
 
 
-def _atomic_target(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
-    return tmp
-
-
 def save_gif(
     frames: Sequence[np.ndarray], path: str, border: bool, cell: int = 16, ms: int = 80
 ) -> None:
@@ -58,15 +49,7 @@ def save_gif(
         framed = np.pad(grid, pad, constant_values=1)
         rgb = COLOURS[framed].repeat(cell, axis=0).repeat(cell, axis=1)
         images.append(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8))
-    tmp = _atomic_target(path)
-    try:
-        images[0].save(
-            tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0
-        )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    helpers.save_gif(path, images, duration_ms=ms)
 
 
 def save_plot(
@@ -95,11 +78,7 @@ def save_plot(
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = _atomic_target(path)
     try:
-        fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png")
-        os.replace(tmp, path)
+        helpers.save_figure(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -180,6 +180,11 @@ class Snake:
 
     # ------------------------------------------------------------ framework hooks
 
+    def bytes_per_agent(self) -> int:
+        """Simulation memory per agent: per game, the board's int16 life counts and the
+        temporaries of one step (~16 bytes per cell)."""
+        return self.episodes * self.size * self.size * 16
+
     def fitness(self, genomes: np.ndarray) -> np.ndarray:
         """Mean food eaten over the fixed training episodes."""
         return self.simulate(genomes, self.episode_seeds)[0].mean(axis=1)

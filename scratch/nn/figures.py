@@ -8,7 +8,6 @@ Trains the three runs briefly (about a minute on 2 cores) and writes:
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from scratch import helpers  # noqa: E402
 from scratch.nn import train  # noqa: E402
 from scratch.nn.data import CharDataset, default_text  # noqa: E402
 from scratch.nn.modules import GPT  # noqa: E402
@@ -47,14 +47,16 @@ def attention_maps(model: GPT, idx: np.ndarray) -> np.ndarray:
         return (probs / probs.sum(-1, keepdims=True))[0]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m scratch.nn.figures", description=__doc__)
+PROG = "python -m scratch.nn.figures"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = helpers.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "figures"
     )
-    parser.add_argument("--gpt-epochs", type=int, default=2)
+    parser.add_argument("--gpt-epochs", type=helpers.int_range(1), default=2)
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     threadpool_limits(1)
 
     mlp = train.run_digits("mlp", 20, seed=0)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.set(title=f"{run['task']} ({note})", xlabel="step", yscale="log")
     axes[0].set_ylabel("cross-entropy loss")
     fig.tight_layout()
-    fig.savefig(args.out / "nn_loss_curves.png", dpi=80)
+    helpers.save_figure(fig, args.out / "nn_loss_curves.png", dpi=80)
     plt.close(fig)
 
     filters = cnn["model"].layers[0].weight.data[:, 0]  # (16, 3, 3)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.imshow(f, cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_axis_off()
     fig.suptitle("digits CNN: learned first-layer 3x3 filters (red +, blue -)")
-    fig.savefig(args.out / "nn_conv_filters.png", dpi=80)
+    helpers.save_figure(fig, args.out / "nn_conv_filters.png", dpi=80)
     plt.close(fig)
 
     data = CharDataset(text)
@@ -102,11 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         ax.set_title(f"head {head}", fontsize=9)
     fig.suptitle("char-GPT block 1: row = query position, column = position attended to")
     fig.tight_layout()
-    fig.savefig(args.out / "nn_attention.png", dpi=80)
+    helpers.save_figure(fig, args.out / "nn_attention.png", dpi=80)
     plt.close(fig)
     print("\n".join(str(p) for p in sorted(args.out.glob("nn_*.png"))))
     print(f"sample after {args.gpt_epochs * train.STEPS_PER_EPOCH} steps:\n{gpt['sample']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    helpers.cli_main(main, PROG)

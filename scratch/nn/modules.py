@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratch import helpers
 from scratch.nn import functional as F
 from scratch.nn.tensor import DEFAULT_DTYPE, Tensor, concat, no_grad
 
@@ -84,8 +85,9 @@ class Module:
             p.data = np.array(state[name], dtype=p.dtype)
 
     def save(self, path: str | Path) -> None:
-        """Weights as a plain .npz: arrays only, nothing executable (no pickle)."""
-        np.savez(path, **self.state_dict())
+        """Weights as a plain .npz (arrays only, nothing executable: no pickle), written
+        atomically to exactly `path`."""
+        helpers.save_npz(path, **self.state_dict())
 
     def load(self, path: str | Path) -> None:
         with np.load(path, allow_pickle=False) as archive:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from scratch.evoloop import (
+from scratch.ca.evoloop import (
     build_table,
     count_loops,
     evoloop_table,
@@ -74,4 +74,6 @@ def test_cli(tmp_path):
     assert gif.read_bytes()[:6] == b"GIF89a"
     bad = subprocess.run([sys.executable, "-m", "scratch.evoloop", "--steps", "1", "--json",
                           str(tmp_path / "x.json"), "--size", "5"], capture_output=True, text=True)
-    assert bad.returncode != 0 and not (tmp_path / "x.json").exists()
+    assert bad.returncode == 2 and not (tmp_path / "x.json").exists()
+    assert bad.stderr == ("error: board must be at least 33 cells wide; "
+                          "see: python -m scratch.evoloop --help\n")

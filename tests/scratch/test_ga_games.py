@@ -186,12 +186,13 @@ def test_list_games_names_first():
 )
 def test_bad_input_gives_one_line_error(args, tmp_path):
     done = run_cli(*args, "--json", str(tmp_path / "out.json"))
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr and "error" in done.stderr.splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: ")
     assert not (tmp_path / "out.json").exists()
 
 
 def test_scratch_ga_never_imports_torch():
-    code = "import sys, scratch.ga.cli, scratch.ga.play, scratch.ga.render; print('torch' in sys.modules)"
+    code = ("import sys, scratch.ga.cli, scratch.ga.play, scratch.ga.render; "
+            "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False"

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from scratch.life import PackedLife, parse_rule, place_centered, step_reference
-from scratch.life_rle import PATTERNS, builtin_pattern, format_rle, parse_rle
+from scratch.ca.life import PackedLife, parse_rule, place_centered, step_reference
+from scratch.ca.life_rle import PATTERNS, builtin_pattern, format_rle, parse_rle
 
 ENGINES = ["numba", "numpy"]
 
@@ -123,5 +123,7 @@ def test_cli_writes_population_json_and_gif(tmp_path):
 def test_cli_bad_input_is_one_line_error(tmp_path):
     result = _cli("--pattern", "nope", "--size", "8", "--steps", "1", "--json",
                   str(tmp_path / "x.json"))
-    assert result.returncode != 0 and result.stderr.strip().count("\n") == 0
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: argument --pattern: invalid choice: 'nope'")
+    assert result.stderr.endswith("; see: python -m scratch.life --help\n")
     assert not (tmp_path / "x.json").exists()

@@ -216,9 +216,10 @@ def run_cli(*args, cwd=ROOT):
 def test_cli_help_and_bad_input():
     assert run_cli("--help").returncode == 0
     bad = run_cli("--task", "nope")
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
     missing = run_cli("--task", "mnist-mlp", "--data", "/nonexistent/dir")
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().count("\n") == 0 and "error" in missing.stderr
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from scratch.soup import MAX_STEPS, Soup, high_order_entropy, run_tape, show_program
+from scratch.ca.soup import MAX_STEPS, Soup, high_order_entropy, run_tape, show_program
 
 # A palindromic replicator: run first on a tape it copies itself, reversed, into the other half
 # ('{' walks head1 down from 127 while '>' walks head0 up from 0); being a palindrome, the
@@ -193,5 +193,7 @@ def test_cli_json_schema_plot_and_resume(tmp_path):
 
 def test_cli_bad_input(tmp_path):
     result = _cli("--programs", "3", "--epochs", "1", "--json", str(tmp_path / "x.json"))
-    assert result.returncode != 0 and result.stderr.strip().count("\n") == 0
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr == ("error: the number of programs must be even and >= 2; "
+                             "see: python -m scratch.soup --help\n")
     assert not (tmp_path / "x.json").exists()

@@ -1,50 +1,25 @@
-"""Small shared helpers for the cellular-automata CLIs: atomic outputs, errors, progress, GIFs."""
+"""What the CA commands show: a progress bar on a terminal, GIFs of boards."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-
-def die(error: BaseException | str) -> int:
-    """Print a one-line error and return the exit status for main()."""
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-
-
-def _atomic_path(path: Path):
-    """A temp file beside `path` (same filesystem, so os.replace is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = _atomic_path(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    write_bytes_atomic(path, (json.dumps(payload) + "\n").encode())
+from scratch import helpers
 
 
 def progress(iterable: Iterable | None = None, desc: str = "", total: int | None = None):
     """tqdm progress bar on an interactive terminal, silent otherwise."""
-    from tqdm import tqdm
-
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)
+
+
+def gif_bytes_estimate(shape: tuple[int, int], n_frames: int) -> int:
+    """Memory for n_frames of a board kept as uint8 states until the GIF is written."""
+    return int(shape[0]) * int(shape[1]) * int(n_frames)
 
 
 def save_gif(
@@ -54,13 +29,11 @@ def save_gif(
     max_pixels: int = 512,
     duration_ms: int = 80,
 ) -> None:
-    """Write frames of small integer states (0..len(palette)-1) as an animated GIF.
+    """Write frames of small integer states (0..len(palette)-1) as an animated GIF, atomically.
 
     Boards larger than max_pixels are shown downsampled (a pixel is the maximum state of its
     block, so sparse live cells stay visible); small boards are scaled up to be seen.
     """
-    from PIL import Image
-
     h, w = frames[0].shape
     block = max(1, -(-max(h, w) // max_pixels))
     scale = max(1, max_pixels // max(h, w)) if block == 1 else 1
@@ -77,12 +50,4 @@ def save_gif(
         image = Image.fromarray(small.astype(np.uint8), mode="P")
         image.putpalette(flat_palette)
         images.append(image)
-    tmp = _atomic_path(Path(path))
-    try:
-        images[0].save(
-            tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms,
-            loop=0, optimize=False,
-        )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    helpers.save_gif(path, images, duration_ms=duration_ms, optimize=False)

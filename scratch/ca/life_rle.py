@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from scratch import helpers
+
 _HEADER = re.compile(r"^\s*x\s*=\s*(\d+)\s*,\s*y\s*=\s*(\d+)\s*(?:,\s*rule\s*=\s*(\S+))?", re.I)
 _TOKEN = re.compile(r"(\d*)([bo$!.A-Za-z])")
 
@@ -29,8 +31,11 @@ PATTERNS: dict[str, str] = {
 }
 
 
-def parse_rle(text: str) -> tuple[np.ndarray, str | None]:
-    """Parse RLE text into (cells as a bool array of shape (y, x), rule string or None)."""
+def parse_rle(text: str, max_size: int | None = None) -> tuple[np.ndarray, str | None]:
+    """Parse RLE text into (cells as a bool array of shape (y, x), rule string or None).
+
+    The header's size is checked before anything is allocated: against max_size (the board the
+    pattern must fit, when given) and against the memory available."""
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
@@ -40,6 +45,10 @@ def parse_rle(text: str) -> tuple[np.ndarray, str | None]:
         raise ValueError(f"RLE: expected a header 'x = W, y = H', got {lines[0]!r}")
     width, height = int(header.group(1)), int(header.group(2))
     rule = header.group(3)
+    if max_size is not None and max(width, height) > max_size:
+        raise ValueError(f"RLE header says x = {width}, y = {height}: the pattern does not fit "
+                         f"a {max_size}x{max_size} board")
+    helpers.check_memory(width * height, f"an RLE pattern of x = {width}, y = {height}")
     cells = np.zeros((height, width), dtype=bool)
     body = "".join(lines[1:])
     row = col = 0
