@@ -43,9 +43,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from serving.backends import TorchBackend
+    from serving.backend import Sampling
     from serving.gguf_backend import GgufBackend
     from serving.onnx_backend import OnnxBackend
+    from serving.torch_backend import TorchBackend
 
     n = args.tokens
     results: dict[str, float] = {}
@@ -64,7 +65,7 @@ def main() -> None:
     ob = OnnxBackend(args.model, threads=args.threads)
 
     def onnx_decode():
-        assert sum(1 for _ in ob._token_stream(ids, n, 0.0, 0)) == n
+        assert sum(1 for _ in ob._token_ids(ids, Sampling(n))) == n
 
     results["onnxruntime + KV cache"] = n / best_of(onnx_decode, args.repeats)
 

@@ -39,8 +39,8 @@ def peak_matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
 def pretrain_throughput(steps: int) -> dict:
     from transformers import LlamaForCausalLM
 
-    from training.modelfolder import read_recipe
     from training.pretrain import DEFAULTS, model_config
+    from training.stage import read_recipe
 
     s = {**DEFAULTS, **read_recipe(ROOT / "models/tiny-base", "pretrain")}
     config = model_config(s, s["vocab_size"], 0, 2)

@@ -2,25 +2,30 @@
 
     python scripts/export_gguf.py models/tiny-chat [--outtype f16|q8_0|f32] [--force]
 
-Writes models/tiny-chat/gguf/tiny-chat-<outtype>.gguf and models/tiny-chat/gguf/Modelfile
+Writes models/tiny-chat/gguf/tiny-chat-<outtype>.gguf, a summary beside it (tiny-chat-<outtype>.json:
+size, and the fingerprint of the weights it was made from) and models/tiny-chat/gguf/Modelfile
 (FROM that file). Then: ollama create mlzero-tiny -f models/tiny-chat/gguf/Modelfile
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from training.common import UsageError, atomic_write_text, cli_main  # noqa: E402
+from serving.helpers import (  # noqa: E402
+    ArgumentParser,
+    UsageError,
+    atomic_write_json,
+    atomic_write_text,
+    cli_main,
+)
 from training.export.gguf import OUTTYPES, export_gguf, read_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python scripts/export_gguf.py", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python scripts/export_gguf.py", description=__doc__.split("\n")[0])
     p.add_argument("model", type=Path, help="model folder (config.json, model.safetensors, tokenizer)")
     p.add_argument("--outtype", choices=list(OUTTYPES), default="f16", help="weight type (default f16)")
     p.add_argument("--out-dir", type=Path, help="where to write (default <model>/gguf)")
@@ -31,14 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     model: Path = args.model
-    if not model.is_dir():
-        raise UsageError(f"{model} is not a directory; give a model folder such as models/tiny-chat")
     config = read_config(model)  # one-line errors for non-models and unsupported architectures
     name = args.name or model.resolve().name
     out_dir = args.out_dir or model / "gguf"
     target = out_dir / f"{name}-{args.outtype}.gguf"
     if target.exists() and not args.force:
-        raise UsageError(f"{target} exists; use --force to overwrite it")
+        raise UsageError(f"{target} exists; to overwrite it, run: python scripts/export_gguf.py "
+                         f"{model} --outtype {args.outtype} --force")
 
     from training.export.ollama import modelfile_for
 
@@ -48,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     summary = export_gguf(model, target, args.outtype, name=name)
     atomic_write_text(out_dir / "Modelfile", text)
     summary["modelfile"] = str(out_dir / "Modelfile")
+    atomic_write_json(target.with_suffix(".json"), summary)
     if args.json:
-        atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(args.json, summary)
     mb = summary["bytes"] / 1e6
     print(f"wrote {target} ({mb:.2f} MB, {args.outtype}) and {summary['modelfile']}")
     if summary["f16_fallback"]:

@@ -8,19 +8,15 @@ gets the reply text back. The chat logic and its caps live in serving/chat.py.
 
 # No `from __future__ import annotations`: gr.api reads the handler's type hints at runtime to
 # describe the endpoint, and string annotations naming local imports would not resolve.
-import argparse
 import os
-import sys
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from serving.backends import RUNTIMES, BackendError, load_backend
+from serving.backend import BackendError
 from serving.chat import ChatService, Limits
-
-
-class UsageError(Exception):
-    """Bad command-line input: one line on stderr and exit status 2 (serving must not import
-    training, so this mirrors training.common.UsageError)."""
+from serving.helpers import ArgumentParser, UsageError, cli_main, made_by_hint, require_model
+from serving.runtimes import RUNTIMES, load_backend
 
 
 def build_app(service: ChatService, model_label: str, concurrency: int = 4):
@@ -70,9 +66,9 @@ def build_app(service: ChatService, model_label: str, concurrency: int = 4):
     return demo
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None):
     limits = Limits()
-    p = argparse.ArgumentParser(prog="python -m serving.app", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m serving.app", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/tiny-chat"), help="model folder")
     p.add_argument("--backend", choices=RUNTIMES, default="torch", help="runtime (default torch)")
     p.add_argument("--host", default="127.0.0.1",
@@ -87,13 +83,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not args.model.is_dir():
-        raise UsageError(f"{args.model} is not a model folder; build one with "
-                         "python -m training.pipeline (or training.finetune)")
     if not (1 <= args.port <= 65535):
-        raise UsageError(f"--port {args.port} is not a TCP port")
+        raise UsageError(f"--port {args.port} is not a TCP port; see: python -m serving.app --help")
     if args.concurrency < 1 or args.max_input_chars < 1 or args.max_new_tokens < 1:
-        raise UsageError("--concurrency, --max-input-chars and --max-new-tokens must be positive")
+        raise UsageError("--concurrency, --max-input-chars and --max-new-tokens must be positive; "
+                         "see: python -m serving.app --help")
+    require_model(args.model, made_by=made_by_hint(args.model))
+    check_port_free(args.host, args.port,  # before minutes of model loading, not after
+                    f"python -m serving.app --model {args.model} --backend {args.backend} "
+                    f"--host {args.host} --port {args.port + 1}")
     _limit_threads(args.backend)
     try:
         backend = load_backend(args.model, args.backend)
@@ -102,14 +100,28 @@ def main(argv: list[str] | None = None) -> None:
     limits = Limits(max_input_chars=args.max_input_chars, max_new_tokens=args.max_new_tokens,
                     default_new_tokens=min(Limits().default_new_tokens, args.max_new_tokens))
     demo = build_app(ChatService(backend, limits), args.model.resolve().name, args.concurrency)
-    demo.launch(server_name=args.host, server_port=args.port, quiet=True, show_error=True,
-                prevent_thread_lock=True, ssr_mode=False)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, quiet=True, show_error=True,
+                    prevent_thread_lock=True, ssr_mode=False)
+    except OSError as err:  # the port was taken meanwhile, or the address is not ours
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {err}") from None
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"mlzero chat: {backend.name} running at http://{shown}:{args.port}", flush=True)
     try:
         demo.block_thread()
     except KeyboardInterrupt:
         demo.close()
+
+
+def check_port_free(host: str, port: int, retry: str) -> None:
+    """A one-line error now if the address is taken or not this machine's."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+    except OSError as err:
+        reason = "is already in use" if err.errno == 98 else f"cannot be used ({err.strerror})"
+        raise UsageError(f"{host}:{port} {reason}; pick another port, run: {retry}") from None
 
 
 def _limit_threads(runtime: str) -> None:
@@ -121,13 +133,5 @@ def _limit_threads(runtime: str) -> None:
         torch.set_num_threads(int(threads))
 
 
-def run(argv: list[str] | None = None) -> None:
-    try:
-        main(argv)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    run()
+    cli_main(main)()

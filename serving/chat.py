@@ -7,14 +7,12 @@ shared backend and measures the speed of each reply.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from serving.backends import Backend, Messages
+from serving.backend import Backend, ChatIds, Messages, Sampling
 
 # A reply that starts with this is the app talking, not the model: it never goes back into a prompt.
 NOTICE = "⚠ "
@@ -79,32 +77,49 @@ def history_to_messages(history: list[dict[str, Any]], message: str) -> Messages
     return messages
 
 
-def fit_context(messages: Messages, n_tokens, budget: int) -> Messages | None:
-    """Drop the oldest turns until the prompt is at most `budget` tokens (`n_tokens(messages)`
-    counts them); a leading system message is kept. None if even the last message alone is too long."""
+def fit_context(messages: Messages, encode: Callable[[Messages], ChatIds],
+                budget: int) -> tuple[Messages, ChatIds] | None:
+    """Drop the oldest turns until the prompt is at most `budget` tokens; a leading system
+    message is kept, and a prompt starts at a user turn. Returns the kept messages and their
+    encoding, or None if even the last user turn alone is too long.
+
+    `encode(messages)` gives the prompt's ids and where each message's content starts. One
+    encoding tells how many tokens dropping any number of leading turns saves (the span up to
+    the next kept user turn's content), so a long history costs two encodings, not one per
+    dropped turn; the choice is then checked with an exact encoding.
+    """
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system):]
     while turns:
-        if n_tokens(system + turns) <= budget:
-            return system + turns
-        turns = turns[1:]
-        while turns and turns[0]["role"] != "user":  # a prompt starts at a user turn
-            turns = turns[1:]
+        chat = encode(system + turns)
+        if len(chat.ids) <= budget:
+            return system + turns, chat
+        starts = chat.content_starts[len(system):]
+        users = [j for j in range(1, len(turns)) if turns[j]["role"] == "user"]
+        if not users:
+            return None
+        # dropping turns[:j] saves the tokens from turn 0's content to turn j's
+        cut = next((j for j in users if len(chat.ids) - (starts[j] - starts[0]) <= budget),
+                   users[-1])
+        turns = turns[cut:]
     return None
 
 
 def clamp(temperature: Any, max_new_tokens: Any, limits: Limits) -> tuple[float, int]:
-    """Settings from the UI or the API, forced into the caps (a client can send anything)."""
+    """Settings from the UI or the API, forced into the caps (a client can send anything:
+    strings, NaN, 1e400)."""
+    t = _number(temperature, 0.0)
+    n = _number(max_new_tokens, limits.default_new_tokens)
+    n = limits.max_new_tokens if n == float("inf") else int(max(n, 1.0))
+    return min(max(t, 0.0), limits.max_temperature), min(n, limits.max_new_tokens)
+
+
+def _number(value: Any, default: float) -> float:
     try:
-        t = float(temperature)
-    except (TypeError, ValueError):
-        t = 0.0
-    try:
-        n = int(max_new_tokens)
-    except (TypeError, ValueError):
-        n = limits.default_new_tokens
-    t = t if t == t else 0.0  # NaN
-    return min(max(t, 0.0), limits.max_temperature), min(max(n, 1), limits.max_new_tokens)
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return x if x == x else default  # NaN
 
 
 def check_message(message: Any, limits: Limits) -> str | None:
@@ -112,58 +127,14 @@ def check_message(message: Any, limits: Limits) -> str | None:
     text = text_of(message)
     if not text.strip():
         return NOTICE + "Please type a message."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): not text any tokenizer takes
+        return NOTICE + "Your message contains characters that are not valid text."
     if len(text) > limits.max_input_chars:
         return (NOTICE + f"Your message has {len(text)} characters; the limit is "
                 f"{limits.max_input_chars}. Please shorten it.")
     return None
-
-
-class _Failure:
-    def __init__(self, err: BaseException):
-        self.err = err
-
-
-def in_one_thread(make: Callable[[], Iterator[str]]) -> Iterator[str]:
-    """Run the generator `make()` in one dedicated thread and yield its items here.
-
-    Gradio resumes a streaming handler in whichever worker thread is free, but per-thread state
-    such as torch's inference mode only holds in the thread that set it (on another thread the
-    torch backend's logits require grad and `.numpy()` fails). Closing this iterator early (a
-    client leaves, the stop button) stops the producer at its next item, releasing the model.
-    """
-    items: queue.Queue = queue.Queue(maxsize=64)  # bounded: an abandoned stream stops soon
-    stop = threading.Event()
-    done = object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        gen = make()
-        try:
-            for item in gen:
-                if not put(item):
-                    break
-        except BaseException as err:  # re-raised in the consumer's thread
-            put(_Failure(err))
-        finally:
-            gen.close()
-            put(done)
-
-    threading.Thread(target=produce, daemon=True, name="mlzero-generate").start()
-    try:
-        while (item := items.get()) is not done:
-            if isinstance(item, _Failure):
-                raise item.err
-            yield item
-    finally:
-        stop.set()
 
 
 class ChatService:
@@ -172,9 +143,7 @@ class ChatService:
     def __init__(self, backend: Backend, limits: Limits = Limits(), context: int | None = None):
         self.backend = backend
         self.limits = limits
-        ctx = context or getattr(backend.tokenizer, "model_max_length", 0)
-        # Tokenizers without a limit report a huge sentinel; fall back to a small safe window.
-        self.context = ctx if 0 < ctx < 1_000_000 else 512
+        self.context = context or backend.context
 
     def reply(self, message: Any, history: list[dict[str, Any]] | None = None,
               temperature: Any = 0.0, max_new_tokens: Any = None, seed: int = 0) -> Iterator[str]:
@@ -197,21 +166,25 @@ class ChatService:
         if max_new_tokens is None:
             max_new_tokens = self.limits.default_new_tokens
         temperature, max_new = clamp(temperature, max_new_tokens, self.limits)
-        messages = fit_context(history_to_messages(history or [], text_of(message)),
-                               lambda m: len(self.backend.prompt_ids(m)), self.context - max_new)
-        if messages is None:
+        fitted = fit_context(history_to_messages(history or [], text_of(message)),
+                             self.backend.chat.encode, self.context - max_new)
+        if fitted is None:
             yield NOTICE + (f"Your message does not fit the model's {self.context}-token context "
                             f"with {max_new} new tokens. Please shorten it or lower max new tokens."), None
             return
         start = time.perf_counter()
         first = None
         text = ""
-        for piece in in_one_thread(lambda: self.backend.stream(messages, max_new, temperature, seed)):
+        tokens = 0
+        sampling = Sampling(max_new, temperature, seed=seed)
+        for piece in self.backend.pieces(fitted[1].ids, sampling):
+            tokens = piece.completion_tokens or tokens
+            if not piece.text:
+                continue
             if first is None:
                 first = time.perf_counter() - start
-            text += piece
+            text += piece.text
             yield text, None
         seconds = time.perf_counter() - start
-        tokens = len(self.backend.tokenizer.encode(text, add_special_tokens=False)) if text else 0
         stats = ReplyStats(tokens, seconds, first if first is not None else seconds)
         yield (text or NOTICE + "The model returned an empty reply."), stats

@@ -1,24 +1,26 @@
 """llama.cpp backend: the GGUF file of a model folder, run in-process through xllamacpp.
 
-xllamacpp wraps llama.cpp's own server (the OpenAI-style completion endpoint) without HTTP. That
-endpoint returns text, and token ids only inside log-prob entries, which the server holds back
-while a token is an incomplete UTF-8 sequence. So this backend streams text pieces (overriding
-`Backend.stream`), and `greedy_tokens` (used by parity tests) bans such byte tokens.
+xllamacpp wraps llama.cpp's own server (its completion endpoint), called as a function: the
+prompt goes in as token ids from the folder's own tokenizer and chat template (so every runtime
+sees exactly the same input), and text pieces come back through a callback, the last one with
+its finish reason and token counts.
 
-Prompts are the token ids of the folder's own tokenizer and chat template, so every runtime
-sees exactly the same input.
+llama.cpp's server always opens an HTTP listener beside the in-process API. It would answer
+anyone on the machine (uncapped `/completion`, the model's path on `/v1/models`), so it is
+bound to a Unix socket in a private folder that is deleted as soon as the server is up: the
+process listens on no TCP port of its own, and nothing can reach the socket.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from collections.abc import Iterator
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from serving.backends import Backend, BackendError, Messages
+from serving.backend import Backend, BackendError, Piece, Sampling
 
 # Preference when a folder holds several exports: closest to the trained weights first.
 PREFERRED = ("f16", "q8_0", "f32")
@@ -55,7 +57,7 @@ class GgufBackend(Backend):
         threads = n_threads or int(os.environ.get("MLZERO_GGUF_THREADS", "1"))
         p = xl.CommonParams()
         p.model.path = str(self.gguf_file)
-        p.n_ctx = n_ctx or min(self.tokenizer.model_max_length, 4096)
+        p.n_ctx = n_ctx or min(self.context, 4096)
         p.n_parallel = 1
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
@@ -64,19 +66,25 @@ class GgufBackend(Backend):
         p.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.warmup = False
         p.verbosity = int(os.environ.get("MLZERO_GGUF_VERBOSITY", "-1"))
+        p.endpoint_metrics = p.endpoint_slots = p.endpoint_props = False
+        p.api_keys = [secrets.token_hex(16)]  # and a key nobody knows, should it be reached
+        private = Path(tempfile.mkdtemp(prefix="mlzero-llama-"))  # mode 0700
+        p.hostnames = [str(private / "llama.sock")]
         try:
             self.server = xl.Server(p)
         except Exception as err:  # llama.cpp reports a bad file only as a failed init
             raise BackendError(f"llama.cpp could not load {self.gguf_file}: {err}") from None
+        finally:
+            shutil.rmtree(private, ignore_errors=True)  # the socket's path goes: unreachable
 
     @property
     def name(self) -> str:
         return f"gguf:{self.model_dir.name}/{self.gguf_file.name}"
 
-    def _request(self, prompt_ids: list[int], max_new_tokens: int, temperature: float,
-                 seed: int, **extra: Any) -> dict[str, Any]:
-        return {"prompt": prompt_ids, "n_predict": max_new_tokens, "temperature": temperature,
-                "seed": seed, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "cache_prompt": True, **extra}
+    def _request(self, prompt_ids: list[int], sampling: Sampling, **extra: Any) -> dict[str, Any]:
+        return {"prompt": prompt_ids, "n_predict": sampling.max_new_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "seed": sampling.seed, "top_k": 0, "min_p": 0.0, "cache_prompt": True, **extra}
 
     def _complete(self, req: dict[str, Any]) -> dict[str, Any]:
         res = self.server.handle_completions(req)
@@ -84,48 +92,25 @@ class GgufBackend(Backend):
             raise BackendError(f"llama.cpp: {res['error'].get('message', res['error'])}")
         return res
 
-    def generate(self, messages: Messages, max_new_tokens: int = 64, temperature: float = 0.0,
-                 seed: int = 0) -> str:
-        with self.lock:
-            res = self._complete(self._request(self.prompt_ids(messages), max_new_tokens,
-                                               temperature, seed))
-        return res["choices"][0]["text"]
-
-    def stream(self, messages: Messages, max_new_tokens: int = 64, temperature: float = 0.0,
-               seed: int = 0) -> Iterator[str]:
+    def _generate(self, prompt_ids, sampling, emit):
         """Text pieces as llama.cpp produces them; it stops by itself at end-of-turn tokens."""
-        req = self._request(self.prompt_ids(messages), max_new_tokens, temperature, seed, stream=True)
-        pieces: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        done = object()
+        failure: list[str] = []
 
-        def on_chunk(chunk: Any) -> bool:
-            pieces.put(chunk)
-            return stop.is_set()  # True asks llama.cpp to stop generating
+        def on_chunk(chunk: dict[str, Any]) -> bool:  # True asks llama.cpp to stop
+            if "error" in chunk:
+                failure.append(str(chunk["error"].get("message", chunk["error"])))
+                return True
+            choice = chunk["choices"][0]
+            finish = choice.get("finish_reason")
+            if finish is not None:
+                finish = "length" if finish == "length" else "stop"
+                tokens = (chunk.get("usage") or {}).get("completion_tokens", 0)
+                return not emit(Piece(choice.get("text") or "", finish, tokens))
+            return not emit(Piece(choice.get("text") or ""))
 
-        def run() -> None:
-            try:
-                self.server.handle_completions(req, on_chunk)
-            except Exception as err:  # surface it in the consumer's thread
-                pieces.put(err)
-            finally:
-                pieces.put(done)
-
-        with self.lock:
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            try:
-                while (chunk := pieces.get()) is not done:
-                    if isinstance(chunk, Exception):
-                        raise BackendError(f"llama.cpp: {chunk}")
-                    if "error" in chunk:
-                        raise BackendError(f"llama.cpp: {chunk['error']}")
-                    text = chunk["choices"][0].get("text") or ""
-                    if text:
-                        yield text
-            finally:
-                stop.set()
-                worker.join()
+        self.server.handle_completions(self._request(prompt_ids, sampling, stream=True), on_chunk)
+        if failure:
+            raise BackendError(f"llama.cpp: {failure[0]}")
 
     def greedy_tokens(self, prompt_ids: list[int], max_new_tokens: int, banned: list[int] = (),
                       n_probs: int = 1) -> list[dict[str, Any]]:
@@ -135,12 +120,8 @@ class GgufBackend(Backend):
         ones) and byte tokens that are not whole UTF-8 characters (their ids are not reported),
         and every entry is exactly one token.
         """
-        req = self._request(list(prompt_ids), max_new_tokens, 0.0, 0, n_probs=n_probs,
+        req = self._request(list(prompt_ids), Sampling(max_new_tokens), n_probs=n_probs,
                             logit_bias=[[int(i), False] for i in banned], cache_prompt=False)
         with self.lock:
             res = self._complete(req)
-        entries = (res["choices"][0].get("logprobs") or {}).get("content") or []
-        return entries
-
-    def _token_stream(self, prompt_ids, max_new_tokens, temperature, seed):
-        raise NotImplementedError("GgufBackend streams text; use stream()")
+        return (res["choices"][0].get("logprobs") or {}).get("content") or []

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.backends import Backend, BackendError, sample_next
+from serving.backend import BackendError, Sampling, TokenBackend, sample_next
+from serving.helpers import first_line
 
 
-class OnnxBackend(Backend):
+class OnnxBackend(TokenBackend):
     runtime = "onnx"
 
     def __init__(self, model_dir: str | Path, threads: int | None = None):
@@ -23,8 +24,12 @@ class OnnxBackend(Backend):
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or int(os.environ.get("MLZERO_THREADS", "0"))
-        self.session = ort.InferenceSession(str(onnx_dir / "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(onnx_dir / "model.onnx"), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types for a broken graph
+            raise BackendError(f"onnxruntime cannot load {onnx_dir / 'model.onnx'}: {first_line(err)}; "
+                               f"run: python scripts/export_onnx.py {model_dir} --force") from None
         self.past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
 
     def _empty_cache(self, batch: int) -> dict[str, np.ndarray]:
@@ -38,13 +43,13 @@ class OnnxBackend(Backend):
                                           "position_ids": pos, **cache})
         return outputs[0][:, -1], dict(zip(cache, outputs[1:]))
 
-    def _token_stream(self, prompt_ids, max_new_tokens, temperature, seed):
-        rng = np.random.default_rng(seed)
+    def _token_ids(self, prompt_ids, sampling: Sampling):
+        rng = np.random.default_rng(sampling.seed)
         ids = np.array([prompt_ids], np.int64)
         n = ids.shape[1]
         logits, cache = self.step(ids, np.ones((1, n), np.int64), np.arange(n)[None], self._empty_cache(1))
-        for _ in range(max_new_tokens):
-            tok = sample_next(logits[0], temperature, rng)
+        for _ in range(sampling.max_new_tokens):
+            tok = sample_next(logits[0], sampling, rng)
             yield tok
             logits, cache = self.step(np.array([[tok]]), np.ones((1, n + 1), np.int64),
                                       np.array([[n]]), cache)
@@ -52,14 +57,10 @@ class OnnxBackend(Backend):
 
     def generate_batch(self, conversations, max_new_tokens=32):
         """Greedy decoding of many prompts at once, left-padded; padding is masked out."""
-        prompts = [self.prompt_ids(m) for m in conversations]
-        width = max(map(len, prompts))
-        b = len(prompts)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = np.array([[pad] * (width - len(p)) + p for p in prompts], np.int64)
-        mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], np.int64)
+        ids, mask = self.batch_prompt(conversations)
         pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-        out = [[] for _ in range(b)]
+        b = len(ids)
+        out: list[list[int]] = [[] for _ in range(b)]
         done = np.zeros(b, bool)
         with self.lock:
             logits, cache = self.step(ids, mask, pos, self._empty_cache(b))
@@ -68,13 +69,11 @@ class OnnxBackend(Backend):
                 tok = logits.argmax(-1)
                 for r in range(b):
                     if not done[r]:
-                        if int(tok[r]) in self.stop_ids:
-                            done[r] = True
-                        else:
-                            out[r].append(int(tok[r]))
+                        out[r].append(int(tok[r]))
+                        done[r] = int(tok[r]) in self.stop_ids
                 if done.all():
                     break
                 mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
                 logits, cache = self.step(tok[:, None].astype(np.int64), mask, next_pos, cache)
                 next_pos = next_pos + 1
-        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in out]
+        return self.decode_replies(out)

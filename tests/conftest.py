@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Files are made as under a normal login shell (umask 022): the tests check that every artifact
+# comes out readable by other users, whatever umask the CI runner happens to have.
+os.umask(0o022)
 # Nothing in the tests may reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"

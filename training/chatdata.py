@@ -1,8 +1,11 @@
 """Chat datasets in the standard conversational format, and their tokenisation.
 
 A row is {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}. Rows load
-from the built-in generated tasks, local JSONL/JSON/parquet files or folders, or a hub id, all
-through `datasets`. Only assistant tokens carry a loss: labels are -100 everywhere else.
+from the built-in generated tasks, local JSONL/JSON files (read here, line by line, against that
+schema: one odd row must not change how the others are read), or parquet files, dataset
+folders and hub ids through `datasets`. Bad rows are reported by line. Conversations are
+tokenized the way the served model sees them (serving.backend.ChatEncoder: message text never
+becomes a control token). Only assistant tokens carry a loss: labels are -100 elsewhere.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving.backend import ChatEncoder
+from serving.helpers import UsageError, atomic_write_text
 from training import tasks
-from training.common import UsageError, atomic_write_text
-from training.modelfolder import looks_like_hub_id
+from training.stage import looks_like_hub_id
 
 BUILTIN = "builtin"
 ROLES = {"system", "user", "assistant"}
@@ -50,50 +54,97 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def load_rows(spec: str, split: str = "train") -> list[dict]:
+@dataclass
+class Row:
+    """One conversation and where it came from ("line 7"), for error messages."""
+
+    messages: object
+    where: str
+
+
+def load_rows(spec: str, split: str = "train") -> list[Row]:
     """Rows of a dataset given as 'builtin', a local file/folder, or a hub id."""
     if spec == BUILTIN:
-        return builtin_rows()
+        return [Row(r["messages"], f"builtin row {i + 1}") for i, r in enumerate(builtin_rows())]
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix in (".jsonl", ".json"):
+            rows = read_json_rows(path)
+        elif path.suffix == ".parquet":
+            rows = _load_with_datasets("parquet", spec, split, data_files=str(path))
+        else:
+            raise UsageError(f"{spec}: expected a .jsonl, .json or .parquet file")
+    elif path.is_dir() or looks_like_hub_id(spec):
+        rows = _load_with_datasets(spec, spec, split)
+    else:
+        raise UsageError(f"dataset {spec!r} is neither a local file/folder nor a hub id; "
+                         "run: python -m training.finetune --help")
+    if not rows:
+        raise UsageError(f"dataset {spec!r} has no rows")
+    return rows
+
+
+def read_json_rows(path: Path) -> list[Row]:
+    """A JSONL file (one conversation per line) or a JSON list of conversations. A line that
+    is not JSON, or has no 'messages', is kept as a bad row and reported by its line number."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {path}: {err}") from None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError as err:
+            raise UsageError(f"{path} is not valid JSON: {err}") from None
+        found = [(item, f"item {i + 1}") for i, item in enumerate(items)]
+    else:
+        found = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    found.append((json.loads(line), f"line {n}"))
+                except ValueError:
+                    found.append((None, f"line {n}"))
+    rows = [Row(item.get("messages") if isinstance(item, dict) else _NOT_JSON, where)
+            for item, where in found]
+    if rows and all(isinstance(item, dict) and "messages" not in item for item, _ in found):
+        keys = sorted({k for item, _ in found for k in item})
+        raise UsageError(f"{path} has no 'messages' field (fields: {', '.join(keys)})")
+    return rows
+
+
+_NOT_JSON = object()  # a row whose line did not parse
+
+
+def _load_with_datasets(name: str, spec: str, split: str, **kw) -> list[Row]:
     import datasets
 
-    path = Path(spec)
     try:
-        if path.is_file():
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
-            if kind is None:
-                raise UsageError(f"{spec}: expected a .jsonl, .json or .parquet file")
-            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-        elif path.is_dir() or looks_like_hub_id(spec):
-            ds = datasets.load_dataset(spec, split=split)
-        else:
-            raise UsageError(f"dataset {spec!r} is neither a local file/folder nor a hub id")
-    except UsageError:
-        raise
+        ds = datasets.load_dataset(name, split=split, **kw)
     except Exception as err:  # datasets raises many types; the user needs one line
         raise UsageError(f"cannot load dataset {spec!r}: {str(err).splitlines()[0]}") from None
     if "messages" not in ds.column_names:
         raise UsageError(f"dataset {spec!r} has no 'messages' column (columns: {ds.column_names})")
-    return ds.to_list()
+    return [Row(r["messages"], f"row {i + 1}") for i, r in enumerate(ds)]
 
 
 def check_messages(messages) -> None:
+    if messages is _NOT_JSON:
+        raise BadRow("not JSON")
     if not isinstance(messages, list) or not messages:
         raise BadRow("messages is not a non-empty list")
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise BadRow("unknown role")
-        if not isinstance(m.get("content"), str) or not m["content"].strip():
+        if not isinstance(m.get("content"), str):
+            raise BadRow("content is not a string")
+        if not m["content"].strip():
             raise BadRow("empty content")
     if not any(m["role"] == "assistant" for m in messages):
         raise BadRow("no assistant turn")
 
 
-def _render(tok, messages, add_generation_prompt: bool) -> list[int]:
-    return list(tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                        tokenize=True, return_dict=False))
-
-
-def encode(tok, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
+def encode(chat: ChatEncoder, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
     """Token ids and labels for one conversation; labels mask all but the assistant turns.
 
     Works with any chat template that renders a conversation as the concatenation of its
@@ -101,15 +152,15 @@ def encode(tok, messages: list[dict], max_len: int) -> tuple[list[int], list[int
     generation prompt of messages[:i].
     """
     check_messages(messages)
-    ids = _render(tok, messages, add_generation_prompt=False)
+    ids = chat.encode(messages, add_generation_prompt=False).ids
     if len(ids) > max_len:
         raise BadRow("over-long")
     labels = [IGNORE] * len(ids)
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(_render(tok, messages[:i], add_generation_prompt=True))
-        upto = _render(tok, messages[: i + 1], add_generation_prompt=False)
+        start = len(chat.encode(messages[:i], add_generation_prompt=True).ids)
+        upto = chat.encode(messages[: i + 1], add_generation_prompt=False).ids
         if ids[: len(upto)] != upto:
             raise BadRow("chat template is not prefix-stable")
         labels[start : len(upto)] = ids[start : len(upto)]
@@ -123,23 +174,27 @@ class Encoded:
     bad: Counter = field(default_factory=Counter)
 
 
-def encode_rows(tok, rows: list[dict], max_len: int, on_bad: str = "skip") -> Encoded:
-    """Encode all rows; count bad ones by reason and skip them, or reject the dataset."""
+def encode_rows(tok, rows: list[Row], max_len: int, on_bad: str = "skip") -> Encoded:
+    """Encode all rows; report bad ones by line and skip them, or reject the dataset."""
+    chat = ChatEncoder(tok)
     enc = Encoded()
+    where: list[str] = []
     for row in rows:
         try:
-            ids, labels = encode(tok, row.get("messages"), max_len)
+            ids, labels = encode(chat, row.messages, max_len)
         except BadRow as err:
             enc.bad[str(err)] += 1
+            where.append(f"{row.where}: {err}")
             continue
         enc.input_ids.append(ids)
         enc.labels.append(labels)
     if enc.bad:
         summary = ", ".join(f"{n} {reason}" for reason, n in enc.bad.most_common())
+        first = "; ".join(where[:5]) + ("; ..." if len(where) > 5 else "")
         if on_bad == "reject":
-            raise UsageError(f"dataset has {sum(enc.bad.values())} bad rows ({summary}); "
+            raise UsageError(f"dataset has {sum(enc.bad.values())} bad rows ({summary}: {first}); "
                              "fix them or pass --bad-rows skip")
-        print(f"skipped {sum(enc.bad.values())} bad rows: {summary}")
+        print(f"skipped {sum(enc.bad.values())} bad rows: {summary} ({first})")
     if not enc.input_ids:
         raise UsageError("no usable rows in the dataset")
     return enc

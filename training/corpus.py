@@ -15,8 +15,8 @@ import random
 import re
 import sys
 
+from serving.helpers import UsageError
 from training import tasks
-from training.common import UsageError
 
 # Modules whose documentation reads well and whose import has no side effects.
 PYDOC_MODULES = (

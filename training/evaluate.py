@@ -3,21 +3,29 @@
     python -m training.evaluate --model models/tiny-chat [--runtime torch|onnx|gguf] --json OUT.json
 
 Questions come from the held-out split of training/tasks.py: none of them appears in pretraining
-text or in the fine-tuning set. Any runtime is scored through serving.backends, the same
-interface the chat app uses. Perplexity is exp(mean loss on the reference answers' tokens).
+text or in the fine-tuning set. Any runtime is scored through serving.runtimes, the same
+interface the chat app uses (serving.runtimes). Perplexity is exp(mean loss on the reference answers' tokens).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from serving.backends import RUNTIMES, Backend, BackendError, load_backend
+from serving.backend import Backend, BackendError, ChatEncoder
+from serving.helpers import (
+    ArgumentParser,
+    UsageError,
+    atomic_write_json,
+    cli_main,
+    first_line,
+    made_by_hint,
+    require_model,
+    weights_fingerprint,
+)
+from serving.runtimes import RUNTIMES, load_backend
 from training import tasks
-from training.common import UsageError, atomic_write_json, cli_main
-from training.modelfolder import require_model
 
 
 def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch: int = 64,
@@ -56,12 +64,17 @@ def answer_perplexity(model_dir: str | Path, examples: list[tasks.Example]) -> f
 
     from training.chatdata import IGNORE, encode
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     use_safetensors=True).eval()
+    except Exception as err:  # corrupt weights or config: many exception types
+        raise UsageError(f"cannot load {model_dir}: {first_line(err)}") from None
+    chat = ChatEncoder(tok)
     nll, count = 0.0, 0
     with torch.inference_mode():
         for ex in examples:
-            ids, labels = encode(tok, ex.messages(), max_len=10_000)
+            ids, labels = encode(chat, ex.messages(), max_len=10_000)
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
             target = torch.tensor(labels[1:])
             keep = target != IGNORE
@@ -73,7 +86,9 @@ def answer_perplexity(model_dir: str | Path, examples: list[tasks.Example]) -> f
 
 def evaluate(model_dir: str | Path, runtime: str = "torch", per_task: int = 200,
              seed: int = 0, gguf_file: str | Path | None = None) -> dict:
-    """The evaluation report for one model folder and runtime (see module doc)."""
+    """The evaluation report for one model folder and runtime (see module doc), with the
+    fingerprint of the weights it scored (`made_from`): a later stage that changes them makes
+    this report stale, and the pipeline sees it."""
     examples = tasks.held_out_examples(per_task, seed)
     try:
         backend = load_backend(model_dir, runtime, gguf_file=gguf_file)
@@ -84,11 +99,12 @@ def evaluate(model_dir: str | Path, runtime: str = "torch", per_task: int = 200,
     report["perplexity"] = round(answer_perplexity(model_dir, examples), 4)
     report["perplexity_runtime"] = "torch"
     return {"model": str(model_dir), "runtime": runtime, "backend": backend.name,
-            "per_task": per_task, **report}
+            "per_task": per_task, **report,
+            "made_from": {"weights": weights_fingerprint(model_dir)}}
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, type=Path, help="model folder (e.g. models/tiny-chat)")
     p.add_argument("--runtime", default="torch", choices=RUNTIMES)
     p.add_argument("--per-task", type=int, default=200, help="held-out questions per task (max)")
@@ -96,11 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gguf", type=Path, help="with --runtime gguf: which file (default: the f16 export)")
     p.add_argument("--json", type=Path, help="write the report here")
     args = p.parse_args(argv)
-    require_model(args.model, f"python -m training.finetune --base models/tiny-base --out {args.model}")
+    require_model(args.model, made_by_hint(args.model))
     if args.per_task < 1:
-        raise UsageError("--per-task must be >= 1")
+        raise UsageError("--per-task must be >= 1; see: python -m training.evaluate --help")
     if args.gguf and args.runtime != "gguf":
-        raise UsageError("--gguf needs --runtime gguf")
+        raise UsageError("--gguf needs --runtime gguf; see: python -m training.evaluate --help")
     report = evaluate(args.model, args.runtime, args.per_task, args.seed, args.gguf)
     for task, r in report["tasks"].items():
         print(f"{task:12s} {r['accuracy']:6.1%}  ({r['correct']}/{r['n']})")

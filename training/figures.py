@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from training.common import UsageError, cli_main
+from serving.helpers import ArgumentParser, UsageError, atomic_path, cli_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.figures", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m training.figures", description=__doc__.split("\n")[0])
     p.add_argument("--base", type=Path, default=Path("models/tiny-base"))
     p.add_argument("--chat", type=Path, default=Path("models/tiny-chat"))
     p.add_argument("--out", type=Path, default=Path("docs/figures"))
@@ -49,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     fig.tight_layout()
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "training_curves.png"
-    fig.savefig(target)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
     print(f"wrote {target}")
 
 

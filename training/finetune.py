@@ -10,60 +10,87 @@ loads alone, the tokenizer, eval.json (base vs fine-tuned), loss.png and a model
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.chatdata import BUILTIN, IGNORE, encode_rows, load_rows, write_jsonl
-from training.common import UsageError, atomic_write_json, cli_main
-from training.modelfolder import (
-    looks_like_hub_id,
-    plot_loss,
-    publish,
-    recipe_settings,
+from serving.helpers import (
+    ArgumentParser,
+    UsageError,
+    cli_main,
+    first_line,
+    made_by_hint,
     require_model,
-    staging_dir,
-    write_card,
+    weights_fingerprint,
+)
+from training.chatdata import BUILTIN, IGNORE, encode_rows, load_rows, write_jsonl
+from training.stage import (
+    CHECKPOINT,
+    Finish,
+    check_output,
+    finish_stage,
+    load_settings,
+    looks_like_hub_id,
+    require_positive,
 )
 from training.trainer import TrainConfig, start_run, train
 
-DEFAULTS = {
-    "dataset": BUILTIN,
-    "split": "train",
-    "steps": 1700,
-    "batch_size": 64,
-    "lr": 3e-3,
-    "warmup": 50,
-    "lora_r": 32,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "target_modules": "all-linear",
-    "max_len": 256,
-    "seed": 0,
-    "checkpoint_every": 100,
-    "eval_per_task": 200,
-}
+
+@dataclass
+class FinetuneSettings:
+    """The `finetune` section of a recipe (see models/tiny-chat/recipe.yaml)."""
+
+    base: str = ""  # the model to fine-tune: a local folder or a hub id (--base overrides)
+    dataset: str = BUILTIN
+    split: str = "train"
+    steps: int = 1700
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 50
+    lora_r: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str = "all-linear"
+    max_len: int = 256
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_per_task: int = 200
+
+    def check(self) -> None:
+        require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                         lora_r=self.lora_r, lora_alpha=self.lora_alpha, max_len=self.max_len,
+                         eval_per_task=self.eval_per_task)
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.warmup < 0 or self.checkpoint_every < 0:
+            raise UsageError("warmup and checkpoint-every must be >= 0")
+
+
+def check_base(name: str) -> None:
+    """A base that is a finished local folder or looks like a hub id, checked before any work."""
+    if Path(name).exists():
+        require_model(name, made_by=made_by_hint(name) if Path(name, "recipe.yaml").exists()
+                      else f"python -m training.pretrain --out {name}")
+    elif not looks_like_hub_id(name):
+        raise UsageError(f"base model {name!r} is neither a local folder nor a hub id; "
+                         f"run: python -m training.pretrain --out {name}")
 
 
 def load_base(name: str, trust_remote_code: bool):
-    """Model and tokenizer from a local folder or a hub id (no remote code unless asked)."""
+    """Model and tokenizer from a local folder or a hub id (no remote code unless asked;
+    weights from safetensors only)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if Path(name).exists():
-        require_model(name, made_by=f"python -m training.pretrain --out {name}")
-    elif not looks_like_hub_id(name):
-        raise UsageError(f"base model {name!r} is neither a local folder nor a hub id; "
-                         "run: python -m training.pretrain --out models/tiny-base")
+    check_base(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load base model {name!r}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # corrupt weights, bad config, no network: many exception types
+        raise UsageError(f"cannot load base model {name!r}: {first_line(err)}") from None
     if tok.chat_template is None:
         raise UsageError(f"{name}: tokenizer has no chat template; use a model that has one")
     if tok.pad_token_id is None:
@@ -71,25 +98,18 @@ def load_base(name: str, trust_remote_code: bool):
     return model, tok
 
 
-def add_lora(model, s: dict):
+def add_lora(model, s: FinetuneSettings):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
-                        target_modules=s["target_modules"], task_type="CAUSAL_LM")
+    config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                        target_modules=s.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
-def settings_from(args: argparse.Namespace) -> dict:
-    s = recipe_settings(args.out, "finetune", DEFAULTS, {k: getattr(args, k) for k in ("dataset", "steps", "seed", "batch_size", "checkpoint_every", "lr", "lora_r")})
-    if s["steps"] < 1 or s["batch_size"] < 1 or s["lora_r"] < 1:
-        raise UsageError("steps, batch size and LoRA rank must be >= 1")
-    return s
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0])
-    p.add_argument("--base", "--base-model", dest="base", required=True,
-                   help="base model: local folder (models/tiny-base) or hub id")
+    p = ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0])
+    p.add_argument("--base", "--base-model", dest="base",
+                   help="base model: local folder (models/tiny-base) or hub id (default: the recipe's)")
     p.add_argument("--out", required=True, type=Path, help="model folder to write (e.g. models/tiny-chat)")
     p.add_argument("--dataset", help="'builtin' (default), a .jsonl/.json/.parquet file or folder, or a hub id")
     p.add_argument("--steps", type=int)
@@ -105,19 +125,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off by default: it runs arbitrary code)")
     args = p.parse_args(argv)
-    s = settings_from(args)
     out: Path = args.out
-    rank, world = start_run(out, s["seed"])
+    s = load_settings(FinetuneSettings, out, "finetune",
+                      {k: getattr(args, k) for k in ("base", "dataset", "steps", "seed", "batch_size",
+                                                      "checkpoint_every", "lr", "lora_r")})
+    if not s.base:
+        raise UsageError(f"no base model: give --base or set finetune.base in {out}/recipe.yaml; "
+                         f"run: python -m training.finetune --base models/tiny-base --out {out}")
+    check_output(out, s.base)
+    check_base(s.base)
+    rank, world = start_run(out, s.seed)
 
-    rows = load_rows(s["dataset"], s["split"])
-    model, tok = load_base(args.base, args.trust_remote_code)
-    enc = encode_rows(tok, rows, s["max_len"], args.bad_rows)
-    torch.manual_seed(s["seed"])
+    rows = load_rows(s.dataset, s.split)
+    model, tok = load_base(s.base, args.trust_remote_code)
+    enc = encode_rows(tok, rows, s.max_len, args.bad_rows)
+    torch.manual_seed(s.seed)
     model = add_lora(model, s)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if rank == 0:
-        print(f"LoRA r={s['lora_r']}: {trainable:,} trainable of {total:,} parameters "
+        print(f"LoRA r={s.lora_r}: {trainable:,} trainable of {total:,} parameters "
               f"({trainable / total:.1%}); {len(enc.input_ids):,} training conversations")
     pad = tok.pad_token_id
 
@@ -133,29 +160,23 @@ def main(argv: list[str] | None = None) -> None:
             mask[row, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    cfg = TrainConfig(steps=s["steps"], lr=s["lr"], warmup=min(s["warmup"], s["steps"] // 2 or 1),
-                      batch_size=s["batch_size"], seed=s["seed"], weight_decay=0.0,
-                      checkpoint_every=s["checkpoint_every"])
-    ckpt = out / "checkpoint"
+    cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
+                      batch_size=s.batch_size, seed=s.seed, weight_decay=0.0,
+                      checkpoint_every=s.checkpoint_every)
+    ckpt = out / CHECKPOINT
+    settings = asdict(s)
     lengths = np.array([len(ids) for ids in enc.input_ids])  # short and long rows pad apart
     result = train(model, get_batch, len(enc.input_ids), cfg, ckpt, resume=args.resume,
-                   desc="finetune", lengths=lengths)
+                   desc="finetune", lengths=lengths, settings=settings)
     if rank != 0:
         return
 
-    build = staging_dir(out)
-    model.save_pretrained(build / "adapter")  # PEFT format: adapter_config.json + safetensors
-    merged = model.merge_and_unload()
-    merged.save_pretrained(build, safe_serialization=True)
-    tok.save_pretrained(build)
-    if s["dataset"] == BUILTIN:
-        write_jsonl(build / "data" / "train.jsonl", rows)
     metrics = {
-        "base_model": str(args.base),
-        "dataset": s["dataset"],
+        "base_model": s.base,
+        "dataset": s.dataset,
         "conversations": len(enc.input_ids),
         "bad_rows_skipped": sum(enc.bad.values()),
-        "steps": s["steps"],
+        "steps": s.steps,
         "train_seconds": round(result.seconds, 1),
         "tokens_seen": result.tokens,
         "trainable_parameters": trainable,
@@ -164,38 +185,53 @@ def main(argv: list[str] | None = None) -> None:
         "world_size": world,
         "rank_checksums": result.rank_checksums,
     }
-    atomic_write_json(build / "metrics.json", {**metrics, "history": result.history})
-    plot_loss(result.history, build / "loss.png", f"LoRA fine-tuning loss ({out.name})")
-    publish(build, out)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    base_is_local = Path(s.base).is_dir()
+    made_from = {"base": s.base,
+                 "base_weights": weights_fingerprint(s.base) if base_is_local else None}
 
-    evals = {}
-    if not args.no_eval:
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder / "adapter")  # PEFT format: adapter_config.json + safetensors
+        model.merge_and_unload().save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+        if s.dataset == BUILTIN:
+            write_jsonl(folder / "data" / "train.jsonl",
+                        [{"messages": r.messages} for r in rows])
+
+    def evaluate(folder: Path) -> dict:
+        if args.no_eval:
+            return {}
         from training.evaluate import evaluate
 
-        evals["fine_tuned"] = evaluate(out, "torch", s["eval_per_task"])
-        if Path(args.base).is_dir():
-            evals["base"] = evaluate(args.base, "torch", s["eval_per_task"])
-        atomic_write_json(out / "eval.json", evals)
-    table = {}
-    for which, rep in evals.items():
-        for task, r in rep["tasks"].items():
-            table[f"{which} {task}"] = f"{r['accuracy']:.1%} ({r['correct']}/{r['n']})"
-        table[f"{which} answer perplexity"] = rep["perplexity"]
-    write_card(out / "README.md", f"{out.name}: a LoRA chat fine-tune of {args.base}", {
-        "What": "A chat model made by `python -m training.finetune`: LoRA adapters trained on "
-                "the conversations below, then merged into the base weights. `adapter/` holds "
-                "the adapter alone (PEFT format).",
-        "Data": f"{s['dataset']}: {len(enc.input_ids):,} conversations"
-                + (" (generated: arithmetic, word reversal, the project's ML glossary; "
-                   "see data/train.jsonl)" if s["dataset"] == BUILTIN else ""),
-        "LoRA": {"r": s["lora_r"], "alpha": s["lora_alpha"], "target_modules": s["target_modules"],
-                 "trainable parameters": f"{trainable:,} of {total:,} ({trainable / total:.1%})"},
-        "Training": {k: s[k] for k in ("steps", "batch_size", "lr", "warmup", "seed")},
-        "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
-        "Evaluation (held-out questions, exact match)": table or "skipped (--no-eval)",
-        "Loss curve": "![loss](loss.png)",
-    })
+        evals = {"fine_tuned": {**evaluate(folder, "torch", s.eval_per_task), "model": str(out)}}
+        if base_is_local:
+            evals["base"] = evaluate(s.base, "torch", s.eval_per_task)
+        return evals
+
+    table: dict[str, str] = {}
+
+    def card(evals: dict) -> dict:
+        for which, rep in evals.items():
+            for task, r in rep["tasks"].items():
+                table[f"{which} {task}"] = f"{r['accuracy']:.1%} ({r['correct']}/{r['n']})"
+            table[f"{which} answer perplexity"] = rep["perplexity"]
+        return {
+            "What": "A chat model made by `python -m training.finetune`: LoRA adapters trained on "
+                    "the conversations below, then merged into the base weights. `adapter/` holds "
+                    "the adapter alone (PEFT format).",
+            "Data": f"{s.dataset}: {len(enc.input_ids):,} conversations"
+                    + (" (generated: arithmetic, word reversal, the project's ML glossary; "
+                       "see data/train.jsonl)" if s.dataset == BUILTIN else ""),
+            "LoRA": {"r": s.lora_r, "alpha": s.lora_alpha, "target_modules": s.target_modules,
+                     "trainable parameters": f"{trainable:,} of {total:,} ({trainable / total:.1%})"},
+            "Training": {k: settings[k] for k in ("steps", "batch_size", "lr", "warmup", "seed")},
+            "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
+            "Evaluation (held-out questions, exact match)": table or "skipped (--no-eval)",
+            "Loss curve": "![loss](loss.png)",
+        }
+
+    finish_stage(out, Finish(save, {**metrics, "settings": settings, "made_from": made_from},
+                             result.history, f"{out.name}: a LoRA chat fine-tune of {s.base}",
+                             card, evaluate), ckpt)
     print(json.dumps({"metrics": metrics, "eval": table}, indent=1))
     print(f"saved {out}")
 

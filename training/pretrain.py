@@ -9,49 +9,75 @@ card (README.md), loss.png and metrics.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from serving.helpers import ArgumentParser, UsageError, cli_main
 from training import corpus
 from training import tokenizer as tokenizer_lib
-from training.common import UsageError, atomic_write_json, cli_main
-from training.modelfolder import plot_loss, publish, recipe_settings, staging_dir, write_card
+from training.stage import (
+    CHECKPOINT,
+    Finish,
+    check_output,
+    finish_stage,
+    load_settings,
+    require_positive,
+)
 from training.trainer import TrainConfig, start_run, train
 
-DEFAULTS = {
-    "vocab_size": 1024,
-    "hidden_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,  # grouped-query attention: 2 query heads share each k/v head
-    "intermediate_size": 384,
-    "seq_len": 128,
-    "batch_size": 32,
-    "steps": 1400,
-    "lr": 2e-3,
-    "warmup": 150,
-    "seed": 0,
-    "pydoc_chars": 1_500_000,
-    "fact_repeats": dict(corpus.DEFAULT_FACT_REPEATS),
-    "checkpoint_every": 100,
-}
+
+@dataclass
+class PretrainSettings:
+    """The `pretrain` section of a recipe (see models/tiny-base/recipe.yaml)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2  # grouped-query attention: 2 query heads share each k/v head
+    intermediate_size: int = 384
+    seq_len: int = 128
+    batch_size: int = 32
+    steps: int = 1400
+    lr: float = 2e-3
+    warmup: int = 150
+    seed: int = 0
+    pydoc_chars: int = 1_500_000
+    fact_repeats: dict = field(default_factory=lambda: dict(corpus.DEFAULT_FACT_REPEATS))
+    checkpoint_every: int = 100
+
+    def check(self) -> None:
+        require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                         hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+                         num_attention_heads=self.num_attention_heads,
+                         num_key_value_heads=self.num_key_value_heads,
+                         intermediate_size=self.intermediate_size, pydoc_chars=self.pydoc_chars)
+        if self.seq_len < 8:
+            raise UsageError(f"seq-len must be >= 8, got {self.seq_len}")
+        if self.vocab_size < 300:
+            raise UsageError(f"vocab_size must be >= 300 (256 bytes + specials), got {self.vocab_size}")
+        if self.hidden_size % self.num_attention_heads or \
+                self.num_attention_heads % self.num_key_value_heads:
+            raise UsageError("hidden_size must divide by heads, and heads by key/value heads")
+        if self.warmup < 0 or self.checkpoint_every < 0:
+            raise UsageError("warmup and checkpoint-every must be >= 0")
 
 
-def model_config(s: dict, vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
+def model_config(s: PretrainSettings, vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
     """The Llama architecture at the recipe's sizes (pad doubles as BOS; eos ends a chat turn)."""
     return LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=s["hidden_size"],
-        intermediate_size=s["intermediate_size"],
-        num_hidden_layers=s["num_hidden_layers"],
-        num_attention_heads=s["num_attention_heads"],
-        num_key_value_heads=s["num_key_value_heads"],
+        hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        num_key_value_heads=s.num_key_value_heads,
         max_position_embeddings=512,
         rope_theta=10000.0,
         rms_norm_eps=1e-5,
@@ -80,68 +106,67 @@ def mean_loss(model, windows: np.ndarray, batch: int = 64) -> float:
     return total / max(1, count)
 
 
-def settings_from(args: argparse.Namespace) -> dict:
-    s = recipe_settings(args.out, "pretrain", DEFAULTS, {k: getattr(args, k) for k in ("steps", "seed", "batch_size", "seq_len", "checkpoint_every")})
-    if s["steps"] < 1 or s["batch_size"] < 1 or s["seq_len"] < 8:
-        raise UsageError("steps and batch size must be >= 1 and seq-len >= 8")
-    if s["hidden_size"] % s["num_attention_heads"] or s["num_attention_heads"] % s["num_key_value_heads"]:
-        raise UsageError("hidden_size must divide by heads, and heads by key/value heads")
-    return s
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path, help="model folder to write (e.g. models/tiny-base)")
-    p.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULTS['steps']})")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 1400)")
     p.add_argument("--seed", type=int, help="seed for init and data order (default 0)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch, in sequences")
     p.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
+                   help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     args = p.parse_args(argv)
-    s = settings_from(args)
     out: Path = args.out
-    rank, world = start_run(out, s["seed"])
+    check_output(out)
+    s = load_settings(PretrainSettings, out, "pretrain",
+                      {k: getattr(args, k) for k in ("steps", "seed", "batch_size", "seq_len", "lr",
+                                                      "checkpoint_every")})
+    rank, world = start_run(out, s.seed)
 
     # 1. Data and tokenizer. On resume, reuse the saved tokenizer so ids stay the same.
-    docs = corpus.build_documents(s["pydoc_chars"], s["fact_repeats"], seed=s["seed"])
-    ckpt = out / "checkpoint"
+    docs = corpus.build_documents(s.pydoc_chars, s.fact_repeats, seed=s.seed)
+    ckpt = out / CHECKPOINT
     if args.resume and (ckpt / "tokenizer.json").exists():
         tok = PreTrainedTokenizerFast.from_pretrained(ckpt)
     else:
-        tok = tokenizer_lib.train_tokenizer(list(dict.fromkeys(docs)), s["vocab_size"])  # unique docs
+        tok = tokenizer_lib.train_tokenizer(list(dict.fromkeys(docs)), s.vocab_size)  # unique docs
     stream = token_stream(docs, tok)
-    n_windows = len(stream) // s["seq_len"]
-    windows = stream[: n_windows * s["seq_len"]].reshape(n_windows, s["seq_len"])
+    n_windows = len(stream) // s.seq_len
+    if n_windows < 2:
+        raise UsageError(f"the corpus has {len(stream):,} tokens: too few for seq-len {s.seq_len}; "
+                         "raise pydoc_chars in the recipe")
+    windows = stream[: n_windows * s.seq_len].reshape(n_windows, s.seq_len)
     n_val = max(1, n_windows // 50)
     train_windows, val_windows = windows[:-n_val], windows[-n_val:]
 
     # 2. Model, initialised from the seed.
     config = model_config(s, len(tok), tok.pad_token_id, tok.eos_token_id)
-    torch.manual_seed(s["seed"])
+    torch.manual_seed(s.seed)
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     if rank == 0:
         print(f"model: {n_params / 1e6:.2f}M parameters; data: {len(stream):,} tokens "
-              f"({len(train_windows):,} windows of {s['seq_len']})")
+              f"({len(train_windows):,} windows of {s.seq_len})")
 
     def get_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(train_windows[idx])
         return {"input_ids": x, "labels": x, "attention_mask": torch.ones_like(x)}
 
-    cfg = TrainConfig(steps=s["steps"], lr=s["lr"], warmup=min(s["warmup"], s["steps"] // 2 or 1),
-                      batch_size=s["batch_size"], seed=s["seed"],
-                      checkpoint_every=s["checkpoint_every"])
+    cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
+                      batch_size=s.batch_size, seed=s.seed, checkpoint_every=s.checkpoint_every)
+    settings = asdict(s)
     result = train(model, get_batch, len(train_windows), cfg, ckpt, resume=args.resume,
-                   desc="pretrain", save_extra=tok.save_pretrained)
+                   desc="pretrain", save_extra=tok.save_pretrained, settings=settings)
     if rank != 0:
         return
 
-    # 3. Save the finished model: build in a staging dir, then move files in atomically.
+    # 3. Publish the finished model (built whole in a staging folder, then moved in).
     val_loss = mean_loss(model, val_windows)
     metrics = {
         "parameters": n_params,
-        "steps": s["steps"],
+        "steps": s.steps,
         "tokens_seen": result.tokens,
         "train_seconds": round(result.seconds, 1),
         "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9)),
@@ -151,26 +176,31 @@ def main(argv: list[str] | None = None) -> None:
         "world_size": world,
         "rank_checksums": result.rank_checksums,
     }
-    build = staging_dir(out)
-    model.save_pretrained(build, safe_serialization=True)
-    tok.save_pretrained(build)
-    atomic_write_json(build / "metrics.json", {**metrics, "history": result.history})
-    plot_loss(result.history, build / "loss.png", f"pretraining loss ({out.name})")
-    write_card(build / "README.md", f"{out.name}: a tiny Llama pretrained from scratch", {
-        "What": "A Llama-architecture causal language model built by `python -m training.pretrain`. "
-                "It continues text; it has not learned to chat (see the fine-tuned model).",
-        "Config": {k: getattr(config, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
-                   "num_hidden_layers", "num_attention_heads", "num_key_value_heads")},
-        "Data": f"{len(docs):,} documents: Python standard-library documentation (pydoc) and "
-                f"plain-text facts from the training split of the chat tasks; {len(stream):,} tokens.",
-        "Training": {k: s[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup", "seed")},
-        "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
-        "Loss curve": "![loss](loss.png)",
-    })
-    publish(build, out)
-    import shutil
 
-    shutil.rmtree(ckpt, ignore_errors=True)
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+
+    def card(_evals: dict) -> dict:
+        return {
+            "What": "A Llama-architecture causal language model built by `python -m "
+                    "training.pretrain`. It continues text; it has not learned to chat (see the "
+                    "fine-tuned model).",
+            "Config": {k: getattr(config, k) for k in (
+                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads")},
+            "Data": f"{len(docs):,} documents: Python standard-library documentation (pydoc) and "
+                    f"plain-text facts from the training split of the chat tasks; "
+                    f"{len(stream):,} tokens.",
+            "Training": {k: settings[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup",
+                                                  "seed")},
+            "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
+            "Loss curve": "![loss](loss.png)",
+        }
+
+    finish_stage(out, Finish(save, {**metrics, "settings": settings, "made_from": {}},
+                             result.history, f"{out.name}: a tiny Llama pretrained from scratch",
+                             card), ckpt)
     print(json.dumps(metrics))
     print(f"saved {out}")
 

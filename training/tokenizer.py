@@ -7,14 +7,12 @@ llama.cpp knows by name ("qwen2"), exported GGUF files tokenize exactly like tra
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
-from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from training.common import UsageError, cli_main
+from serving.helpers import ArgumentParser, AtomicDir, UsageError, cli_main
 
 # The regex Qwen2 uses (llama.cpp: LLAMA_VOCAB_PRE_TYPE_QWEN2).
 SPLIT_PATTERN = (
@@ -68,7 +66,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training.tokenizer",
         description="Train the byte-level BPE tokenizer on the local corpus and save it.",
     )
@@ -80,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     from training.corpus import build_documents
 
     tok = train_tokenizer(build_documents(), args.vocab_size)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(args.out)
+    with AtomicDir(args.out) as tmp:
+        tok.save_pretrained(tmp)
     print(f"saved tokenizer ({len(tok)} tokens) to {args.out}")
 
 

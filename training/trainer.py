@@ -9,8 +9,10 @@ uninterrupted run would have seen, so the final weights are the same.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,7 +25,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from training.common import AtomicDir, UsageError, atomic_write_json, read_json, set_seed
+from serving.helpers import AtomicDir, UsageError, atomic_write_json
+
+# Settings that may change between a run and its resume without changing the result.
+RESUMABLE_CHANGES = {"checkpoint_every", "eval_per_task"}
 
 
 @dataclass
@@ -121,6 +126,12 @@ def distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def start_run(out: Path, seed: int) -> tuple[int, int]:
     """Common start of a training stage: check the output path, join the process group when
     launched by torchrun/accelerate, seed everything, share the cores among processes."""
@@ -136,8 +147,25 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def check_finite(model: torch.nn.Module, step: int, ckpt: Path) -> None:
+    """Stop with one line when training diverged, before anything is saved from it."""
+    bad = [n for n, p in _trainable(model).items() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise Diverged(step, f"{len(bad)} weight tensor(s) are not finite (first: {bad[0]})", ckpt)
+
+
+class Diverged(UsageError):
+    def __init__(self, step: int, what: str, ckpt: Path):
+        kept = (f"the last good checkpoint is kept in {ckpt}" if (ckpt / "state.json").exists()
+                else "nothing was saved")
+        super().__init__(f"training diverged at step {step}: {what}; {kept}. Lower the learning "
+                         "rate (--lr) and start again")
+
+
 def save_checkpoint(ckpt: Path, model, opt, step: int, result: TrainResult,
-                    save_extra: Callable[[Path], None] | None = None) -> None:
+                    save_extra: Callable[[Path], None] | None = None,
+                    settings: dict | None = None) -> None:
+    check_finite(model, step, ckpt)
     params = _trainable(model)
     tensors, opt_tensors = {}, {}
     for name, p in params.items():
@@ -152,10 +180,27 @@ def save_checkpoint(ckpt: Path, model, opt, step: int, result: TrainResult,
         atomic_write_json(
             tmp / "state.json",
             {"step": step, "history": result.history, "tokens": result.tokens,
-             "seconds": result.seconds},
+             "seconds": result.seconds, "settings": settings or {}},
         )
         if save_extra is not None:  # e.g. the tokenizer, so a resumed run reuses its ids
             save_extra(tmp)
+
+
+def check_resume(ckpt: Path, settings: dict) -> None:
+    """A checkpoint continues only the run that made it: other settings would publish its
+    weights under metrics and a card that do not describe them."""
+    try:
+        saved = json.loads((ckpt / "state.json").read_text()).get("settings", {})
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{ckpt}/state.json is unreadable ({err}); delete {ckpt} and start "
+                         "again without --resume") from None
+    settings = json.loads(json.dumps(settings))  # compare as stored: tuples are lists there
+    changed = sorted(k for k in set(saved) | set(settings) if k not in RESUMABLE_CHANGES
+                     and saved.get(k) != settings.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} → {settings.get(k)!r}" for k in changed)
+        raise UsageError(f"--resume with other settings than the checkpoint's ({diff}); run again "
+                         f"with the checkpoint's settings, or delete {ckpt} to start over")
 
 
 def load_checkpoint(ckpt: Path, model, opt, result: TrainResult) -> int:
@@ -171,7 +216,7 @@ def load_checkpoint(ckpt: Path, model, opt, result: TrainResult) -> int:
                     "exp_avg": opt_tensors[f"{name}::exp_avg"].reshape(p.shape),
                     "exp_avg_sq": opt_tensors[f"{name}::exp_avg_sq"].reshape(p.shape),
                 }
-    state = read_json(ckpt / "state.json")
+    state = json.loads((ckpt / "state.json").read_text())
     result.history = [tuple(h) for h in state["history"]]
     result.tokens = state["tokens"]
     result.seconds = state["seconds"]
@@ -188,11 +233,14 @@ def train(
     desc: str = "train",
     save_extra: Callable[[Path], None] | None = None,
     lengths: np.ndarray | None = None,
+    settings: dict | None = None,
 ) -> TrainResult:
     """Train `model` in place. `get_batch(indices)` turns item indices into model inputs;
     `save_extra(folder)` adds files of the caller's to every checkpoint. With `lengths`
     (tokens per item), each batch runs as short and long micro-batches whose losses are
-    weighted by their loss tokens: the same gradient as the whole batch, with less padding."""
+    weighted by their loss tokens: the same gradient as the whole batch, with less padding.
+    `settings` (the stage's) are stored in every checkpoint; a resume with others is refused.
+    A non-finite loss or weight stops the run with one line, keeping the last good checkpoint."""
     rank, world = distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
@@ -208,6 +256,7 @@ def train(
     result = TrainResult()
     start = 0
     if resume and (checkpoint_dir / "state.json").exists():
+        check_resume(checkpoint_dir, settings or {})
         start = load_checkpoint(checkpoint_dir, model, opt, result)
         result.resumed_from = start
     net = model
@@ -226,6 +275,8 @@ def train(
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
         loss = backward_in_parts(net, batches, world)
+        if not math.isfinite(float(loss)):
+            raise Diverged(step, f"the loss is {float(loss)}", checkpoint_dir)
         torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
         opt.step()
         result.tokens += sum(int(b["attention_mask"].sum()) for b in batches) * world
@@ -240,10 +291,11 @@ def train(
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             result.seconds = time.perf_counter() - t0
             if rank == 0:
-                save_checkpoint(checkpoint_dir, model, opt, done, result, save_extra)
+                save_checkpoint(checkpoint_dir, model, opt, done, result, save_extra, settings)
             if world > 1:
                 dist.barrier()
     result.seconds = time.perf_counter() - t0
+    check_finite(model, cfg.steps, checkpoint_dir)
     result.rank_checksums = gather_checksums(model, world)
     model.eval()
     return result

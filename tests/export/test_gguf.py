@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.gguf_backend import GgufBackend
-from training.common import UsageError
+from serving.helpers import UsageError
 from training.export.gguf import export_gguf, rope_permute
 
 N_NEW = 12

@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.gguf_backend import GgufBackend
+from serving.helpers import UsageError
 from tests.export.test_gguf import torch_greedy
 from tests.export.test_ollama import CHATS, go_render, parse_modelfile
-from training.common import UsageError
 from training.export.gguf import export_gguf, merge_scores
 from training.export.ollama import derive_format, go_template, modelfile_for
 

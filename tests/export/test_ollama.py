@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from training.common import UsageError
+from serving.helpers import UsageError
 from training.export.ollama import derive_format, go_template, modelfile
 
 GO_RENDER = Path(__file__).with_name("render_ollama.go")

@@ -8,10 +8,11 @@ import onnx
 import pytest
 import torch
 
-from serving.backends import TorchBackend
+from serving.backend import Sampling
+from serving.helpers import UsageError
 from serving.onnx_backend import OnnxBackend
+from serving.torch_backend import TorchBackend
 from tests.conftest import run_cli
-from training.common import UsageError
 from training.export.onnx import export_onnx
 
 PROMPTS = [
@@ -64,8 +65,8 @@ def test_greedy_generation_matches_pytorch_token_for_token(exported):
     torch_be, onnx_be = TorchBackend(exported), OnnxBackend(exported)
     for messages in PROMPTS:
         ids = torch_be.prompt_ids(messages)
-        a = list(torch_be._token_stream(ids, 24, 0.0, 0))
-        b = list(onnx_be._token_stream(ids, 24, 0.0, 0))
+        a = list(torch_be._token_ids(ids, Sampling(24)))
+        b = list(onnx_be._token_ids(ids, Sampling(24)))
         assert a == b
     # batched, left-padded decoding gives the same replies as one-at-a-time decoding
     assert onnx_be.generate_batch(PROMPTS, 16) == [onnx_be.generate(m, 16) for m in PROMPTS]

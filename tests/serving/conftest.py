@@ -78,7 +78,7 @@ def served_app(served_model: Path, tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def chat_case(served_model: Path) -> tuple[str, str]:
     """(question, the backend's own greedy reply): what the app must show, piece for piece."""
-    from serving.backends import load_backend
+    from serving.runtimes import load_backend
 
     backend = load_backend(served_model, "torch")
     reply = backend.generate([{"role": "user", "content": QUESTION}], MAX_NEW_TOKENS)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from serving.backend import Backend, ChatIds, Piece
 from serving.chat import (
     NOTICE,
     ChatService,
@@ -19,34 +21,50 @@ from serving.chat import (
 )
 
 
-class FakeTokenizer:
-    model_max_length = 40
+class FakeChat:
+    """Words as tokens: each message's words, then a generation marker."""
 
-    def encode(self, text, add_special_tokens=False):
-        return text.split()
+    def __init__(self):
+        self.encoded = []
+
+    def encode(self, messages, add_generation_prompt=True):
+        self.encoded.append(messages)
+        ids, starts = [], []
+        for m in messages:
+            starts.append(len(ids))
+            ids += m["content"].split()
+        return ChatIds(ids + ["<gen>"], starts)
 
 
-class FakeBackend:
-    """Words as tokens; streams a fixed reply word by word and records what it was asked."""
+class FakeBackend(Backend):
+    """The real Backend contract (thread bridge, lock) over a runtime that streams a fixed
+    reply word by word; it records what it was asked and the threads it ran in."""
 
     runtime = "fake"
-    name = "fake:model"
 
     def __init__(self, reply="forty six"):
-        self.tokenizer = FakeTokenizer()
+        self.model_dir = Path("fake-model")
+        self.chat = FakeChat()
+        self.lock = threading.Lock()
         self.reply = reply
         self.calls = []
-
-    def prompt_ids(self, messages):
-        return " ".join(m["content"] for m in messages).split() + ["<gen>"]
-
-    def stream(self, messages, max_new_tokens, temperature, seed):
-        self.calls.append((messages, max_new_tokens, temperature))
         self.threads = []
-        words = self.reply.split()[:max_new_tokens]
+
+    @property
+    def context(self):
+        return 40
+
+    def _generate(self, prompt_ids, sampling, emit):
+        self.calls.append((prompt_ids, sampling.max_new_tokens, sampling.temperature))
+        words = self.words()[: sampling.max_new_tokens]
         for i, w in enumerate(words):
             self.threads.append(threading.get_ident())
-            yield w if i == 0 else " " + w
+            if not emit(Piece(w if i == 0 else " " + w, completion_tokens=i + 1)):
+                return
+        emit(Piece("", "stop", len(words)))
+
+    def words(self):
+        return self.reply.split()
 
 
 def test_check_message_refuses_empty_and_huge():
@@ -101,11 +119,24 @@ def test_fit_context_drops_oldest_turns_whole():
     msgs = [{"role": "system", "content": "sys"},
             {"role": "user", "content": "a a a a"}, {"role": "assistant", "content": "b b b b"},
             {"role": "user", "content": "c c"}]
-    count = lambda m: sum(len(x["content"].split()) for x in m)  # noqa: E731
-    assert fit_context(msgs, count, 100) == msgs
-    # 11 words do not fit in 5: the first exchange goes, the system message stays
-    assert fit_context(msgs, count, 5) == [msgs[0], msgs[3]]
-    assert fit_context(msgs, count, 2) is None
+    chat = FakeChat()
+    assert fit_context(msgs, chat.encode, 100)[0] == msgs
+    # 12 tokens do not fit in 5: the first exchange goes, the system message stays
+    kept, ids = fit_context(msgs, chat.encode, 5)
+    assert kept == [msgs[0], msgs[3]] and ids.ids == ["sys", "c", "c", "<gen>"]
+    assert fit_context(msgs, chat.encode, 2) is None
+
+
+def test_fit_context_encodes_a_long_history_a_constant_number_of_times():
+    # one encoding says what dropping any number of turns saves; quadratic re-encoding took
+    # 9 s for 800 turns
+    turns = []
+    for i in range(800):
+        turns += [{"role": "user", "content": f"q{i} x"}, {"role": "assistant", "content": "a"}]
+    chat = FakeChat()
+    kept, ids = fit_context(turns + [{"role": "user", "content": "last one"}], chat.encode, 10)
+    assert len(ids.ids) <= 10 and kept[-1]["content"] == "last one"
+    assert len(chat.encoded) <= 3
 
 
 def test_reply_streams_growing_text_with_clamped_settings():
@@ -113,8 +144,8 @@ def test_reply_streams_growing_text_with_clamped_settings():
     service = ChatService(backend, Limits(max_new_tokens=3))
     outs = list(service.reply("What is 12 + 34?", [], temperature=9, max_new_tokens=50))
     assert outs == ["forty", "forty six", "forty six is"]
-    messages, max_new, temperature = backend.calls[0]
-    assert messages == [{"role": "user", "content": "What is 12 + 34?"}]
+    prompt, max_new, temperature = backend.calls[0]
+    assert prompt == ["What", "is", "12", "+", "34?", "<gen>"]
     assert (max_new, temperature) == (3, Limits().max_temperature)
 
 
@@ -148,7 +179,7 @@ def test_reply_trims_old_history_to_the_context():
     history = [{"role": "user", "content": "old " * 20}, {"role": "assistant", "content": "ok"},
                {"role": "user", "content": "recent"}, {"role": "assistant", "content": "sure"}]
     list(ChatService(backend).reply("now", history, max_new_tokens=16))
-    assert [m["content"] for m in backend.calls[0][0]] == ["recent", "sure", "now"]
+    assert backend.calls[0][0] == ["recent", "sure", "now", "<gen>"]
 
 
 def test_empty_model_reply_becomes_a_notice():
@@ -172,25 +203,22 @@ def test_generation_stays_in_one_thread_when_resumed_from_many():
 
 def test_backend_errors_reach_the_caller():
     class Broken(FakeBackend):
-        def stream(self, *a):
-            yield "par"
+        def words(self):
             raise RuntimeError("runtime crashed")
 
     with pytest.raises(RuntimeError, match="runtime crashed"):
         list(ChatService(Broken()).reply("hi", [], max_new_tokens=4))
 
 
-def test_closing_the_reply_early_stops_generation():
-    produced = []
-
+def test_closing_the_reply_early_stops_generation_and_frees_the_model():
     class Endless(FakeBackend):
-        def stream(self, *a):
-            for i in range(10_000):
-                produced.append(i)
-                yield f" w{i}"
+        def words(self):
+            return [f"w{i}" for i in range(100_000)]
 
-    gen = ChatService(Endless()).reply("hi", [], max_new_tokens=8)
+    backend = Endless()
+    gen = ChatService(backend, Limits(max_new_tokens=100_000)).reply("hi", [], max_new_tokens=100_000)
     next(gen)
     gen.close()
     time.sleep(0.5)
-    assert len(produced) < 1000
+    assert len(backend.threads) < 1000
+    assert not backend.lock.locked()

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from serving.helpers import UsageError
+from serving.backend import ChatEncoder
 from training import chatdata, tasks
-from training.common import UsageError
 from training.tokenizer import train_tokenizer
 
 
@@ -19,7 +20,7 @@ def conv(*turns):
 def test_only_assistant_tokens_have_labels(tok):
     messages = conv(("system", "Be brief."), ("user", "What is 1 + 2?"), ("assistant", "3"),
                     ("user", "And 2 + 2?"), ("assistant", "4"))
-    ids, labels = chatdata.encode(tok, messages, max_len=512)
+    ids, labels = chatdata.encode(ChatEncoder(tok), messages, max_len=512)
     assert len(ids) == len(labels)
     trained = [t for t, lab in zip(ids, labels) if lab != chatdata.IGNORE]
     assert tok.decode(trained) == "3<|im_end|>\n4<|im_end|>\n"
@@ -33,24 +34,48 @@ def test_only_assistant_tokens_have_labels(tok):
     (conv(("user", "hi " * 400), ("assistant", "x")), "over-long"),
 ])
 def test_bad_rows_are_counted_and_skipped_or_rejected(tok, messages, reason, capsys):
-    good = {"messages": conv(("user", "hi"), ("assistant", "ok"))}
-    enc = chatdata.encode_rows(tok, [good, {"messages": messages}, good], max_len=128)
+    good = chatdata.Row(conv(("user", "hi"), ("assistant", "ok")), "line 1")
+    bad = chatdata.Row(messages, "line 2")
+    enc = chatdata.encode_rows(tok, [good, bad, good], max_len=128)
     assert len(enc.input_ids) == 2 and enc.bad == {reason: 1}
-    assert f"skipped 1 bad rows: 1 {reason}" in capsys.readouterr().out
+    assert f"skipped 1 bad rows: 1 {reason} (line 2: {reason})" in capsys.readouterr().out
     with pytest.raises(UsageError, match="1 bad rows"):
-        chatdata.encode_rows(tok, [good, {"messages": messages}], max_len=128, on_bad="reject")
+        chatdata.encode_rows(tok, [good, bad], max_len=128, on_bad="reject")
 
 
-def test_local_jsonl_and_parquet_load_through_datasets(tmp_path):
+def test_local_jsonl_and_parquet_load(tmp_path):
     rows = [{"messages": conv(("user", f"q{i}"), ("assistant", f"a{i}"))} for i in range(5)]
     jsonl = tmp_path / "chat.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert chatdata.load_rows(str(jsonl)) == rows
+    assert [r.messages for r in chatdata.load_rows(str(jsonl))] == [r["messages"] for r in rows]
     import datasets
 
     parquet = tmp_path / "chat.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(parquet))
-    assert chatdata.load_rows(str(parquet)) == rows
+    assert [r.messages for r in chatdata.load_rows(str(parquet))] == [r["messages"] for r in rows]
+
+
+def test_one_odd_row_does_not_change_how_the_others_are_read(tok, tmp_path, capsys):
+    # `datasets` infers one type per column: a list content made it read "1" as the number 1,
+    # and 50 valid rows were then skipped as empty. Rows are read against the schema, one by one.
+    rows = [{"messages": conv(("user", f"What is {i} + 1?"), ("assistant", str(i + 1)))}
+            for i in range(50)]
+    odd = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                        {"role": "assistant", "content": "1"}]}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:10] + [odd] + rows[10:])
+                    + "not json at all\n")
+    enc = chatdata.encode_rows(tok, chatdata.load_rows(str(path)), max_len=128)
+    assert len(enc.input_ids) == 50
+    out = capsys.readouterr().out
+    assert "line 11: content is not a string" in out and "line 52: not JSON" in out
+
+
+def test_an_empty_dataset_is_one_line(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UsageError, match="has no rows"):
+        chatdata.load_rows(str(empty))
 
 
 def test_dataset_errors_are_one_line(tmp_path):
@@ -58,7 +83,7 @@ def test_dataset_errors_are_one_line(tmp_path):
         chatdata.load_rows(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "nomessages.jsonl"
     bad.write_text('{"text": "hello"}\n')
-    with pytest.raises(UsageError, match="no 'messages' column"):
+    with pytest.raises(UsageError, match="no 'messages' field"):
         chatdata.load_rows(str(bad))
 
 

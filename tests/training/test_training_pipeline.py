@@ -21,7 +21,7 @@ def test_pretrain_writes_a_complete_model_folder(tiny_base):
                  "README.md", "loss.png", "metrics.json", "recipe.yaml"):
         assert (tiny_base / name).is_file(), name
     assert not (tiny_base / "checkpoint").exists()
-    assert not list(tiny_base.glob(".build-*"))
+    assert not list(tiny_base.glob(".*")), "leftover staging or temp files"
     metrics = json.loads((tiny_base / "metrics.json").read_text())
     first_loss = metrics["history"][0][1]
     assert metrics["final_train_loss"] < first_loss - 1.0  # it learned something
@@ -141,3 +141,81 @@ def test_two_process_data_parallel_run_keeps_replicas_identical(launcher, tiny_b
     assert metrics["world_size"] == 2
     sums = metrics["rank_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_a_refinetune_removes_what_was_derived_from_the_old_weights(tiny_base, tiny_chat, tmp_path):
+    out = tmp_path / "chat"
+    shutil.copytree(tiny_chat, out)
+    for derived in ("onnx/model.onnx", "gguf/chat-f16.gguf", "gguf/Modelfile", "eval-onnx.json"):
+        (out / derived).parent.mkdir(exist_ok=True)
+        (out / derived).write_text("made from the old weights")
+    run_cli("-m", "training.finetune", "--base", str(tiny_base), "--out", str(out),
+            "--steps", "2", "--no-eval")
+    assert not (out / "onnx").exists() and not (out / "gguf").exists()
+    assert not list(out.glob("eval*.json")) and (out / "recipe.yaml").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+
+
+def test_a_diverged_run_stops_with_one_line_and_publishes_nothing(tiny_base, tmp_path):
+    out = tmp_path / "diverged"
+    out.mkdir()
+    shutil.copy(tiny_base / "recipe.yaml", out / "recipe.yaml")
+    proc = run_cli("-m", "training.pretrain", "--out", str(out), "--lr", "1e30",
+                   "--checkpoint-every", "2", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "training diverged at step" in proc.stderr.strip().splitlines()[-1]
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    if (out / "checkpoint" / "trainable.safetensors").exists():  # kept, and finite
+        for name, t in load_file(out / "checkpoint" / "trainable.safetensors").items():
+            assert torch.isfinite(t).all(), name
+
+
+def test_out_equal_to_base_is_refused_in_any_spelling(tiny_base):
+    before = (tiny_base / "model.safetensors").read_bytes()
+    for spelling in (tiny_base, tiny_base.parent / ".." / tiny_base.parent.name / tiny_base.name):
+        proc = run_cli("-m", "training.finetune", "--base", str(tiny_base), "--out", str(spelling),
+                       "--steps", "2", check=False)
+        assert proc.returncode == 2 and "is the input" in proc.stderr
+    assert (tiny_base / "model.safetensors").read_bytes() == before
+
+
+def test_resume_with_other_settings_is_refused(tiny_base, tmp_path):
+    out = tmp_path / "resume"
+    out.mkdir()
+    (out / "recipe.yaml").write_text(TEST_FINETUNE)
+    base = ["-m", "training.finetune", "--base", str(tiny_base), "--out", str(out), "--no-eval",
+            "--checkpoint-every", "2"]
+    proc = subprocess.Popen([sys.executable, *base, "--steps", "400"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert state.exists()
+    resumed = run_cli(*base, "--steps", "50", "--resume", check=False)
+    assert resumed.returncode == 2
+    assert "steps: 400 → 50" in resumed.stderr and not (out / "model.safetensors").exists()
+
+
+def test_every_artifact_is_readable_by_others_under_umask_022(tiny_chat, tmp_path):
+    # `docker run -v models/tiny-chat:/models/tiny-chat:ro` runs the app as another uid: a file
+    # that only its owner can read (what mkstemp makes) breaks the documented deployment.
+    # The fixtures ran under the umask tests/conftest.py sets (022), like a normal login shell.
+    model = tmp_path / "tiny-chat"
+    shutil.copytree(tiny_chat, model)
+    run_cli("scripts/export_gguf.py", str(model), "--outtype", "q8_0")
+    run_cli("scripts/export_onnx.py", str(model))
+    run_cli("-m", "training.evaluate", "--model", str(model), "--runtime", "gguf", "--per-task", "2",
+            "--json", str(model / "eval-gguf.json"))
+    checked = 0
+    for folder in (tiny_chat, model):
+        for path in [folder, *folder.rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            want = 0o755 if path.is_dir() else 0o644
+            assert mode & want == want, f"{path.relative_to(folder.parent)}: {oct(mode)}"
+            checked += 1
+    assert checked > 20
+    assert {p.name for p in model.rglob("*")} >= {"model.onnx", "tiny-chat-q8_0.gguf", "Modelfile",
+                                                  "eval-gguf.json", "metrics.json", "README.md"}

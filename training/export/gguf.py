@@ -17,15 +17,21 @@ Supported: `LlamaForCausalLM` checkpoints with either tokenizer kind llama.cpp i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 
-from training.common import UsageError
+from serving.helpers import (
+    UsageError,
+    atomic_path,
+    first_line,
+    made_by_hint,
+    require_model,
+    weight_files,
+    weights_fingerprint,
+)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 OUTTYPES = {
@@ -76,9 +82,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_config(model_dir: Path) -> dict[str, Any]:
     """config.json of a finished Llama model folder, or a one-line UsageError."""
-    if not (model_dir / "config.json").is_file() or not (model_dir / "model.safetensors").is_file():
-        raise UsageError(f"{model_dir} is not a model folder (config.json and model.safetensors "
-                         "missing); run: python -m training.finetune --out " + str(model_dir))
+    require_model(model_dir, made_by_hint(model_dir))
     config = _read_json(model_dir / "config.json")
     archs = config.get("architectures") or [config.get("model_type", "?")]
     if archs[0] not in SUPPORTED_ARCHITECTURES:
@@ -86,6 +90,11 @@ def read_config(model_dir: Path) -> dict[str, Any]:
                          f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
     if (config.get("rope_scaling") or {}).get("rope_type", "default") not in ("default", None):
         raise UsageError(f"unsupported rope_scaling {config['rope_scaling']} in {model_dir}")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "vocab_size"):
+        if not isinstance(config.get(key), int) or config[key] < 1:
+            raise UsageError(f"{model_dir}/config.json: {key} must be a positive integer, "
+                             f"got {config.get(key)!r}")
     return config
 
 
@@ -259,10 +268,24 @@ def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -
 
 
 def load_state(model_dir: Path) -> dict[str, np.ndarray]:
-    """All weights as float32 numpy arrays (via torch: bf16 checkpoints have no numpy dtype)."""
+    """All weights as float32 numpy arrays (via torch: bf16 checkpoints have no numpy dtype).
+    A tensor with NaN or infinity (a diverged run) is refused: it would load and answer
+    garbage in llama.cpp."""
     from safetensors.torch import load_file
 
-    return {k: v.float().numpy() for k, v in load_file(model_dir / "model.safetensors").items()}
+    state = {}
+    for f in weight_files(model_dir):
+        try:
+            tensors = load_file(f)
+        except Exception as err:  # truncated or not safetensors at all
+            raise UsageError(f"cannot read {f}: {first_line(err)}; rebuild it with "
+                             f"{made_by_hint(model_dir)}") from None
+        state.update({k: v.float().numpy() for k, v in tensors.items()})
+    bad = [k for k, v in state.items() if not np.isfinite(v).all()]
+    if bad:
+        raise UsageError(f"{model_dir} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
+                         "the training run diverged; train it again with a lower --lr")
+    return state
 
 
 def add_tensors(w: gguf.GGUFWriter, config: dict[str, Any], state: dict[str, np.ndarray],
@@ -307,17 +330,10 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
     add_tokenizer(w, model_dir, config)
     fallback = add_tensors(w, config, load_state(model_dir), outtype)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        w.write_header_to_file(Path(tmp))
+    with atomic_path(out_path) as tmp:
+        w.write_header_to_file(tmp)
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"path": str(out_path), "outtype": outtype, "bytes": out_path.stat().st_size,
-            "f16_fallback": fallback}
+            "f16_fallback": fallback, "made_from": {"weights": weights_fingerprint(model_dir)}}

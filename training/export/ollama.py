@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.common import UsageError
+from serving.helpers import UsageError
 
 ROLES = ("system", "user", "assistant")
 S, U1, A1, U2 = "\u2063SYS\u2063", "\u2063USER1\u2063", "\u2063ASSISTANT1\u2063", "\u2063USER2\u2063"

@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.common import AtomicDir, UsageError, atomic_write_json
+from serving.helpers import (
+    AtomicDir,
+    UsageError,
+    atomic_write_json,
+    first_line,
+    made_by_hint,
+    require_model,
+    weights_fingerprint,
+)
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -52,16 +60,28 @@ class DecoderWithCache(torch.nn.Module):
 
 
 def load_checked(model_dir: Path):
+    """The folder's model in PyTorch, or a one-line UsageError (not a model, unsupported
+    architecture, unreadable or non-finite weights)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not (model_dir / "config.json").is_file() or not (model_dir / "model.safetensors").is_file():
-        raise UsageError(f"{model_dir} is not a model folder (needs config.json and model.safetensors); "
-                         "run: python -m training.finetune --base models/tiny-base --out models/tiny-chat")
-    config = AutoConfig.from_pretrained(model_dir)
+    require_model(model_dir, made_by_hint(model_dir))
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except Exception as err:  # a config.json transformers cannot read
+        raise UsageError(f"{model_dir}/config.json: {first_line(err)}") from None
     if config.model_type not in SUPPORTED:
         raise UsageError(f"unsupported architecture {config.model_type!r}; "
                          f"supported: {', '.join(sorted(SUPPORTED))}")
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     use_safetensors=True).eval()
+    except Exception as err:  # truncated or corrupt safetensors
+        raise UsageError(f"cannot load {model_dir}: {first_line(err)}") from None
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UsageError(f"{model_dir} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
+                         "the training run diverged; train it again with a lower --lr")
+    return model
 
 
 def example_inputs(config, batch: int = 1, seq: int = 3, past: int = 2):
@@ -82,7 +102,8 @@ def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> 
     model_dir = Path(model_dir)
     out = model_dir / "onnx"
     if out.exists() and not force:
-        raise UsageError(f"{out} exists; pass --force to overwrite it")
+        raise UsageError(f"{out} exists; to overwrite it, run: python scripts/export_onnx.py "
+                         f"{model_dir} --force")
     model = load_checked(model_dir)
     wrapper = DecoderWithCache(model)
     args = example_inputs(model.config)
@@ -103,6 +124,7 @@ def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> 
         atomic_write_json(tmp / "export.json", {
             "source": str(model_dir), "opset": opset, "inputs": names_in, "outputs": names_out,
             "max_abs_logit_diff_vs_torch": diff, "torch": torch.__version__,
+            "made_from": {"weights": weights_fingerprint(model_dir)},
         })
     return out
 
