@@ -1,58 +1,123 @@
-"""The demo pipeline runs only unfinished stages, in order, and stops at a failing one."""
+"""The pipeline builds a recipe's stages in order, reuses what is current, and redoes what was
+made from something else (weights, settings) — decided from the artifacts' records."""
 
+import json
 import subprocess
 
 import pytest
 
+from serving.helpers import UsageError, weights_fingerprint
+from serving.runtimes import RUNTIMES
 from training import pipeline
-from training.common import UsageError
+
+BASE_RECIPE = "pretrain:\n  steps: 30\n"
+CHAT_RECIPE = "finetune:\n  base: models/tiny-base\n  steps: 20\n"
 
 
 @pytest.fixture
 def fake_repo(tmp_path, monkeypatch):
+    """A checkout with the two default recipes whose stage commands only record themselves and
+    write what the real ones would (a done-marker with the settings, exports, reports)."""
     (tmp_path / "training").mkdir()
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "export_onnx.py").write_text("")
-    (tmp_path / "scripts" / "export_gguf.py").write_text("")
+    for name, text in (("tiny-base", BASE_RECIPE), ("tiny-chat", CHAT_RECIPE)):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "recipe.yaml").write_text(text)
     monkeypatch.chdir(tmp_path)
     ran = []
 
     def fake_run(cmd, **kw):
-        ran.append(cmd)
+        ran.append(cmd[1:])
+        argv = cmd[1:]
+        if "--out" in argv:  # a training stage: weights, then metrics.json
+            out = tmp_path / argv[argv.index("--out") + 1]
+            (out / "model.safetensors").write_bytes(f"weights of {out.name} v{len(ran)}".encode())
+            (out / "config.json").write_text('{"model_type": "llama"}')
+            section = "pretrain" if "pretrain" in argv[1] else "finetune"
+            settings = pipeline.read_recipe(out, section)
+            made_from = {}
+            if "base" in settings:
+                made_from["base_weights"] = weights_fingerprint(tmp_path / settings["base"])
+            (out / "metrics.json").write_text(json.dumps({"settings": settings,
+                                                          "made_from": made_from}))
+        else:
+            target = [a for a in argv if a.endswith(".json")] if "--json" in argv else []
+            folder = tmp_path / "models" / "tiny-chat"
+            made = {"made_from": {"weights": weights_fingerprint(folder)}}
+            if "export_onnx.py" in argv[0]:
+                target = [str(folder / "onnx" / "export.json")]
+            elif "export_gguf.py" in argv[0]:
+                target = [str(folder / "gguf" / f"tiny-chat-{argv[argv.index('--outtype') + 1]}.json")]
+            for t in target:
+                (tmp_path / t).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / t).write_text(json.dumps(made))
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
     return tmp_path, ran
 
 
-def test_every_stage_runs_on_a_fresh_clone_and_serve_comes_last(fake_repo):
+def names(ran):
+    return [" ".join(a[:2]) if a[0] == "-m" else a[0] for a in ran]
+
+
+def test_a_fresh_clone_runs_every_stage_in_order_and_serve_comes_last(fake_repo):
     _, ran = fake_repo
     pipeline.main(["--serve"])
-    names = [" ".join(c[1:4]) for c in ran]
-    assert names[0].startswith("-m training.pretrain") and names[1].startswith("-m training.finetune")
-    assert any("export_onnx.py" in " ".join(c) for c in ran)
-    assert sum("export_gguf.py" in " ".join(c) for c in ran) == 2  # f16 and q8_0
-    assert [c[c.index("--runtime") + 1] for c in ran if "--runtime" in c] == ["torch", "onnx", "gguf", "gguf"]
-    assert "--gguf" in ran[-2]  # the q8_0 file, scored on the same questions
-    assert ran[-1][1:3] == ["-m", "serving.app"]
+    assert names(ran)[:2] == ["-m training.pretrain", "-m training.finetune"]
+    assert sum("export_gguf.py" in a[0] for a in ran) == 2  # f16 and q8_0
+    assert any("export_onnx.py" in a[0] for a in ran)
+    # every runtime serving knows is evaluated, and the q8_0 file besides
+    evaluated = [a[a.index("--runtime") + 1] for a in ran if "--runtime" in a]
+    assert evaluated == [*RUNTIMES, "gguf"] and "--gguf" in ran[-2]
+    assert ran[-1][:2] == ["-m", "serving.app"]
 
 
-def test_finished_stages_are_reused(fake_repo, capsys):
-    root, ran = fake_repo
-    for _, _, done in pipeline.stages(serve=False, backend="gguf"):
-        if "tiny-chat" in str(done) and "eval-" in str(done):
-            continue
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text("{}")
+def test_current_stages_are_reused(fake_repo, capsys):
+    _, ran = fake_repo
     pipeline.main([])
-    assert all("training.evaluate" in " ".join(c) for c in ran) and len(ran) == 4
-    assert "pretrain: done already" in capsys.readouterr().out
+    ran.clear()
+    pipeline.main([])
+    assert ran == []
+    assert "pretrain models/tiny-base: done already" in capsys.readouterr().out
+
+
+def test_new_weights_make_every_later_artifact_stale(fake_repo):
+    root, ran = fake_repo
+    pipeline.main([])
+    ran.clear()
+    # a re-fine-tune by hand (as `training.finetune` publishes: new weights, new metrics)
+    (root / "models/tiny-chat/model.safetensors").write_bytes(b"other weights")
+    pipeline.main([])
+    assert names(ran)[0] == "scripts/export_onnx.py"  # not the training stages
+    assert len(ran) == 3 + len(RUNTIMES) + 1  # every export and every evaluation again
+
+
+def test_a_changed_recipe_or_base_redoes_the_stages_made_from_it(fake_repo):
+    root, ran = fake_repo
+    pipeline.main([])
+    ran.clear()
+    (root / "models/tiny-chat/recipe.yaml").write_text(CHAT_RECIPE.replace("20", "25"))
+    pipeline.main([])
+    assert names(ran)[0] == "-m training.finetune"
+    ran.clear()
+    (root / "models/tiny-base/model.safetensors").write_bytes(b"a base retrained by hand")
+    pipeline.main([])
+    assert names(ran)[0] == "-m training.finetune"
 
 
 def test_a_failing_stage_stops_the_pipeline_with_one_line(fake_repo, monkeypatch):
     _, ran = fake_repo
     monkeypatch.setattr(pipeline.subprocess, "run",
                         lambda cmd, **kw: ran.append(cmd) or subprocess.CompletedProcess(cmd, 1))
-    with pytest.raises(UsageError, match="stage 'pretrain' failed"):
+    with pytest.raises(UsageError, match="stage 'pretrain models/tiny-base' failed"):
         pipeline.main([])
     assert len(ran) == 1
+
+
+def test_unknown_recipe_lists_the_known_ones(fake_repo):
+    with pytest.raises(UsageError, match="recipes here: tiny-base, tiny-chat"):
+        pipeline.main(["--recipe", "nope"])
+
+
+def test_every_runtime_has_its_export():
+    assert set(pipeline.EXPORTS) | {"torch"} == set(RUNTIMES)
