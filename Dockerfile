@@ -1,10 +1,10 @@
 # mlzero chat app, CPU only.
 #
 #   docker build -t mlzero-chat .                      # model mounted at run time (default)
-#   docker run --rm -p 7860:7860 -v "$PWD/models/tiny-chat:/models/tiny-chat:ro" mlzero-chat
+#   docker run --rm -p 127.0.0.1:7860:7860 -v "$PWD/models/tiny-chat:/models/tiny-chat:ro" mlzero-chat
 #
 #   docker build --target baked -t mlzero-chat:baked .  # model folder copied into the image
-#   docker run --rm -p 7860:7860 mlzero-chat:baked
+#   docker run --rm -p 127.0.0.1:7860:7860 mlzero-chat:baked
 #
 # Other runtimes: append app flags, e.g. `docker run ... mlzero-chat --model /models/tiny-chat
 # --backend gguf --host 0.0.0.0` (needs the folder's gguf/ export; onnx needs onnx/).
@@ -36,20 +36,22 @@ RUN pip install \
 # hadolint ignore=DL3059
 RUN useradd --create-home --uid 10001 mlzero
 WORKDIR /app
-# serving/ only: it never imports training/ or scratch/.
-COPY --chown=10001:10001 serving/ /app/serving/
+# serving/ only: it never imports training/ or scratch/. Owned by root: the user that runs the
+# app can read its code but not change it.
+COPY serving/ /app/serving/
 USER 10001
 
 EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
 ENTRYPOINT ["python", "-m", "serving.app"]
-# 0.0.0.0 inside the container; publish the port on the host with -p (127.0.0.1:7860:7860 keeps it local).
+# 0.0.0.0 inside the container; publish the port on the host with -p 127.0.0.1:7860:7860 (local
+# only; a bare -p 7860:7860 would expose the app on every interface of the host).
 CMD ["--model", "/models/tiny-chat", "--backend", "torch", "--host", "0.0.0.0", "--port", "7860"]
 
 # The model baked in: `docker build --target baked` (needs models/tiny-chat in the build context).
 FROM base AS baked
-COPY --chown=10001:10001 models/tiny-chat/ /models/tiny-chat/
+COPY models/tiny-chat/ /models/tiny-chat/
 
 # Default target: the model is mounted at /models/tiny-chat when the container runs.
 FROM base AS mounted
