@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint bench clean
+.PHONY: install system-deps demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,13 @@ system-deps:
 demo: install
 	$(PY) -m training.pipeline --serve
 
-# All tests.
+# All tests (CI runs this).
 test: install system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The inner loop: everything but the tests marked slow (whole-recipe builds, long runs).
+test-fast: install system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .
