@@ -121,7 +121,7 @@ def check_port_free(host: str, port: int, retry: str) -> None:
             s.bind((host, port))
     except OSError as err:
         reason = "is already in use" if err.errno == 98 else f"cannot be used ({err.strerror})"
-        raise UsageError(f"{host}:{port} {reason}; pick another port, run: {retry}") from None
+        raise UsageError(f"{host}:{port} {reason}; pick another port; run: {retry}") from None
 
 
 def _limit_threads(runtime: str) -> None:

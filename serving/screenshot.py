@@ -9,13 +9,14 @@ itself never imports this module.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from serving.helpers import ArgumentParser, UsageError, cli_main, made_by_hint, require_model
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -62,12 +63,13 @@ def chat_in_browser(url: str, question: str, screenshot: Path, max_new_tokens: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m serving.screenshot", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m serving.screenshot", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/tiny-chat"))
     p.add_argument("--backend", default="gguf")
     p.add_argument("--question", default="What is 12 + 34?")
     p.add_argument("--out", type=Path, default=Path("docs/figures/serving_chat.png"))
     args = p.parse_args(argv)
+    require_model(args.model, made_by_hint(args.model))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             if "running at" in line:
                 break
         else:
-            sys.exit(f"error: the app exited ({proc.wait()})")
+            raise UsageError(f"the app exited with status {proc.wait()}; run it alone to see why: "
+                             f"python -m serving.app --model {args.model} --backend {args.backend}")
         time.sleep(0.5)
         reply, stats = chat_in_browser(f"http://127.0.0.1:{port}/", args.question, args.out)
         print(f"{args.question!r} -> {reply!r}; {stats}; saved {args.out}")
@@ -89,4 +92,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)()
