@@ -46,7 +46,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
 ENTRYPOINT ["python", "-m", "serving.app"]
 # 0.0.0.0 inside the container; publish the port on the host with -p 127.0.0.1:7860:7860 (local
-# only; a bare -p 7860:7860 would expose the app on every interface of the host).
+# only; publishing without the address exposes the app on every interface of the host).
 CMD ["--model", "/models/tiny-chat", "--backend", "torch", "--host", "0.0.0.0", "--port", "7860"]
 
 # The model baked in: `docker build --target baked` (needs models/tiny-chat in the build context).

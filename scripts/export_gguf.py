@@ -20,6 +20,7 @@ from serving.helpers import (  # noqa: E402
     atomic_write_json,
     atomic_write_text,
     cli_main,
+    require_writable,
 )
 from training.export.gguf import OUTTYPES, export_gguf, read_config  # noqa: E402
 
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"{target} exists; to overwrite it, run: python scripts/export_gguf.py "
                          f"{model} --outtype {args.outtype} --force")
 
+    require_writable(target)
     from training.export.ollama import modelfile_for
 
     # The Modelfile is derived first: a template Ollama cannot express fails before the export.

@@ -184,6 +184,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def require_writable(target: str | Path) -> None:
+    """Fail now, before any work, if `target` (a file or folder to be written) cannot be."""
+    target = Path(target)
+    existing = next(p for p in (target, *target.absolute().parents) if p.exists())
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{existing} is not writable, so {target} cannot be written; "
+                         "choose another output folder")
+
+
 def make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

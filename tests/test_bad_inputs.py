@@ -108,3 +108,111 @@ def test_a_learning_rate_that_is_not_a_positive_number_is_one_line(tmp_path, val
     proc = run(["-m", "training.pretrain", "--out", str(tmp_path / "o"), "--lr", value])
     assert_contract(proc)
     assert "lr must be a finite number > 0" in proc.stderr
+
+
+def run_without_write_access(argv: list[str], read_only: Path, tmp: Path):
+    """Run a command that may read everything but not write `read_only`. Root ignores mode
+    bits, so as root the command runs as the unprivileged user nobody."""
+    import subprocess
+    import sys
+
+    for path in (read_only, *read_only.rglob("*")):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    home = tmp / "home"
+    home.mkdir(mode=0o777, exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[1]),
+           "HF_HOME": str(home / "hf"), "MPLCONFIGDIR": str(home / "mpl")}
+    return subprocess.run([*prefix, sys.executable, *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], env=env, timeout=300)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temp folder other users can enter (pytest's own is private to its owner)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mlzero-ro-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in (folder, *folder.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("command", ["export_onnx", "export_gguf", "pretrain", "finetune"])
+def test_a_read_only_output_folder_is_one_line(good_model, shared_tmp, command):
+    model = shared_tmp / "model"
+    shutil.copytree(good_model, model)
+    argv = {
+        "export_onnx": ["scripts/export_onnx.py", str(model)],
+        "export_gguf": ["scripts/export_gguf.py", str(model)],
+        "pretrain": ["-m", "training.pretrain", "--out", str(model / "new")],
+        "finetune": ["-m", "training.finetune", "--base", str(good_model), "--out",
+                     str(model / "new")],
+    }[command]
+    proc = run_without_write_access(argv, model, shared_tmp)
+    assert_contract(proc)
+    assert "not writable" in proc.stderr or "permission denied" in proc.stderr
+
+
+def test_what_a_killed_export_left_is_cleaned_by_the_next_run(good_model, tmp_path):
+    import subprocess
+    import sys
+
+    model = tmp_path / "m"
+    shutil.copytree(good_model, model)
+    # a writer that no longer runs: a pid taken from a finished process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (model / "gguf").mkdir()
+    stale_file = model / "gguf" / f".m-f16.gguf.tmp-{dead}-abc123.tmp"
+    stale_file.write_bytes(b"half a gguf")
+    stale_dir = model / f".onnx.tmp-{dead}-xyz"
+    stale_dir.mkdir()
+    (stale_dir / "model.onnx").write_bytes(b"half an onnx")
+    live = model / "gguf" / f".m-f16.gguf.tmp-{os.getpid()}-mine.tmp"  # a running writer's
+    live.write_bytes(b"in progress")
+    for argv in (["scripts/export_gguf.py", str(model)], ["scripts/export_onnx.py", str(model)]):
+        proc = run(argv)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not stale_file.exists() and not stale_dir.exists() and live.exists()
+    assert (model / "gguf" / "m-f16.gguf").is_file() and (model / "onnx" / "model.onnx").is_file()
+
+
+def test_a_mistyped_local_base_fails_at_once_without_asking_the_hub(tmp_path):
+    proc = run(["-m", "training.finetune", "--base", "models/tiny-bsae", "--out", str(tmp_path / "o")])
+    assert_contract(proc)
+    assert "neither a local folder nor a hub id" in proc.stderr
+
+
+def test_weights_load_from_safetensors_only(good_model, tmp_path):
+    """A pickle checkpoint can run code when it is loaded; it is never read."""
+    import pickle
+
+    model = tmp_path / "pickled"
+    shutil.copytree(good_model, model)
+    (model / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    for argv in (["-m", "training.evaluate", "--model", str(model)],
+                 ["-m", "serving.app", "--model", str(model), "--port", str(_free_port())],
+                 ["-m", "training.finetune", "--base", str(model), "--out", str(tmp_path / "o")],
+                 ["scripts/export_onnx.py", str(model)]):
+        proc = run(argv)
+        assert_contract(proc)
+        assert "safetensors" in proc.stderr
+    assert not marker.exists()
+    # beside safetensors, the pickle is ignored (not loaded first, not loaded at all)
+    shutil.copy(good_model / "model.safetensors", model / "model.safetensors")
+    from serving.runtimes import load_backend
+
+    assert load_backend(model, "torch").generate([{"role": "user", "content": "hi"}], 2) is not None
+    assert not marker.exists()

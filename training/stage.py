@@ -28,6 +28,7 @@ from serving.helpers import (
     atomic_write_json,
     atomic_write_text,
     normal_modes,
+    require_writable,
     temp_dir_beside,
 )
 
@@ -122,10 +123,11 @@ def looks_like_hub_id(name: str) -> bool:
 
 
 def check_output(out: Path, *inputs: str | Path) -> None:
-    """Refuse an output folder that is one of the stage's inputs (also spelt differently):
-    writing there would overwrite the model being read."""
+    """Refuse, before any work, an output folder that cannot be written, or that is one of the
+    stage's inputs (also spelt differently): writing there would overwrite the model read."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
+    require_writable(out)
     for item in inputs:
         path = Path(item)
         if path.exists() and out.exists() and os.path.samefile(path, out):

@@ -67,3 +67,22 @@ def test_container_command_serves_the_model(served_model: Path, chat_case: tuple
         assert reply == expected_reply
     finally:
         stop_app(proc)
+
+
+def test_published_ports_stay_on_the_loopback_in_every_example():
+    # `-p 7860:7860` publishes the app on every interface of the host
+    for doc in (DOCKERFILE, ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        for flag in re.findall(r"(?:-p|--publish)[ =](\S+)", doc.read_text()):
+            assert flag.startswith("127.0.0.1:"), f"{doc.name}: -p {flag}"
+
+
+def test_the_running_user_cannot_change_the_app_code():
+    for line in re.findall(r"^COPY .*$", DOCKERFILE.read_text(), re.M):
+        assert "--chown" not in line, line  # root-owned: readable, not writable, by uid 10001
+
+
+def test_the_build_context_leaves_out_checkpoints_and_training_data():
+    from training.stage import CHECKPOINT
+
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert f"models/tiny-chat/{CHECKPOINT}" in ignored and "models/tiny-chat/data" in ignored

@@ -25,6 +25,7 @@ from serving.helpers import (
     first_line,
     made_by_hint,
     require_model,
+    require_writable,
     weights_fingerprint,
 )
 
@@ -104,6 +105,7 @@ def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> 
     if out.exists() and not force:
         raise UsageError(f"{out} exists; to overwrite it, run: python scripts/export_onnx.py "
                          f"{model_dir} --force")
+    require_writable(out)
     model = load_checked(model_dir)
     wrapper = DecoderWithCache(model)
     args = example_inputs(model.config)
