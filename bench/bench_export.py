@@ -73,7 +73,8 @@ def main() -> None:
     for kind in ("f16", "q8_0"):
         f = args.model / "gguf" / f"{args.model.name}-{kind}.gguf"
         if not f.exists():
-            print(f"skipping llama.cpp {kind}: {f} missing (python scripts/export_gguf.py {args.model} --outtype {kind})")
+            print(f"skipping llama.cpp {kind}: {f} missing "
+                  f"(python scripts/export_gguf.py {args.model} --outtype {kind})")
             continue
         sizes[kind] = f.stat().st_size
         gb = GgufBackend(args.model, gguf_file=f, n_threads=args.threads)

@@ -30,10 +30,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, backend: str, port: int, log: Path, timeout: float = 180) -> subprocess.Popen:
+def start_server(model: Path, backend: str, port: int, log: Path,
+                 timeout: float = 180) -> subprocess.Popen:
     """Start serving.app and wait for the line with its URL."""
     out = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--model", str(model), "--backend",
+    proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--model", str(model),
+                             "--backend",
                              backend, "--port", str(port)], cwd=ROOT, stdout=out,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
@@ -106,7 +108,8 @@ def run(url: str, clients: int, seconds: float, max_new_tokens: int, think: floa
     ms = lambda v: round(v * 1000, 1)  # noqa: E731
     return {
         "url": url, "clients": clients, "seconds": round(elapsed, 1),
-        "max_new_tokens": max_new_tokens, "think_s": think, "requests": len(results), "errors": len(errors),
+        "max_new_tokens": max_new_tokens, "think_s": think, "requests": len(results),
+        "errors": len(errors),
         "error_samples": errors[:5], "requests_per_s": round(len(results) / elapsed, 2),
         "ttft_p50_ms": ms(percentile(ttft, 50)), "ttft_p95_ms": ms(percentile(ttft, 95)),
         "latency_p50_ms": ms(percentile(total, 50)), "latency_p95_ms": ms(percentile(total, 95)),
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="how long clients keep asking")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--think", type=float, default=0.0,
-                   help="mean pause between a client's requests in seconds (default 0: back-to-back)")
+                   help="mean pause between a client's requests in seconds "
+                        "(default 0: back-to-back)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 

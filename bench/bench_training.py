@@ -65,14 +65,16 @@ def pretrain_throughput(steps: int) -> dict:
     attn = 3 * 4 * s["seq_len"] * s["hidden_size"] * s["num_hidden_layers"] // 2  # causal: half
     flops_per_token = 6 * n_params + attn
     return {"parameters": n_params, "tokens_per_step": tokens, "median_step_s": round(step, 4),
-            "tokens_per_s": round(tokens / step), "gflops": round(flops_per_token * tokens / step / 1e9, 1)}
+            "tokens_per_s": round(tokens / step),
+            "gflops": round(flops_per_token * tokens / step / 1e9, 1)}
 
 
 def full_run() -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))
     for name in ("tiny-base", "tiny-chat"):
         (out / name).mkdir()
-        (out / name / "recipe.yaml").write_text((ROOT / "models" / name / "recipe.yaml").read_text())
+        recipe = (ROOT / "models" / name / "recipe.yaml").read_text()
+        (out / name / "recipe.yaml").write_text(recipe)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "training.pretrain", "--out", str(out / "tiny-base")],
                    cwd=ROOT, check=True)
@@ -97,7 +99,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--full", action="store_true", help="also time the whole default pretrain + fine-tune")
+    p.add_argument("--full", action="store_true",
+                   help="also time the whole default pretrain + fine-tune")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     peak = peak_matmul_gflops()
@@ -105,7 +108,8 @@ def main() -> None:
     report = {"threads": args.threads, "peak_matmul_gflops": round(peak, 1), "pretrain_step": tp,
               "mfu": round(tp["gflops"] / peak, 3)}
     print(f"peak fp32 matmul: {peak:.0f} GFLOP/s ({args.threads} threads)")
-    print(f"pretrain step: {tp['tokens_per_s']} tokens/s, {tp['gflops']} GFLOP/s, MFU {report['mfu']:.1%}")
+    print(f"pretrain step: {tp['tokens_per_s']} tokens/s, {tp['gflops']} GFLOP/s, "
+          f"MFU {report['mfu']:.1%}")
     if args.full:
         report["full"] = full_run()
         print(json.dumps(report["full"], indent=1))

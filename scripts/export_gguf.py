@@ -2,7 +2,7 @@
 
     python scripts/export_gguf.py models/tiny-chat [--outtype f16|q8_0|f32] [--force]
 
-Writes models/tiny-chat/gguf/tiny-chat-<outtype>.gguf, a summary beside it (tiny-chat-<outtype>.json:
+Writes models/tiny-chat/gguf/tiny-chat-<outtype>.gguf, a summary beside it (<that name>.json:
 size, and the fingerprint of the weights it was made from) and models/tiny-chat/gguf/Modelfile
 (FROM that file). Then: ollama create mlzero-tiny -f models/tiny-chat/gguf/Modelfile
 """
@@ -27,11 +27,14 @@ from training.export.gguf import OUTTYPES, export_gguf, read_config  # noqa: E40
 
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python scripts/export_gguf.py", description=__doc__.split("\n")[0])
-    p.add_argument("model", type=Path, help="model folder (config.json, model.safetensors, tokenizer)")
-    p.add_argument("--outtype", choices=list(OUTTYPES), default="f16", help="weight type (default f16)")
+    p.add_argument("model", type=Path,
+                   help="model folder (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--outtype", choices=list(OUTTYPES), default="f16",
+                   help="weight type (default f16)")
     p.add_argument("--out-dir", type=Path, help="where to write (default <model>/gguf)")
     p.add_argument("--name", help="file name stem (default: the folder's name)")
-    p.add_argument("--system", help="default system prompt for the Modelfile (default: the template's own)")
+    p.add_argument("--system",
+                   help="default system prompt for the Modelfile (default: the template's own)")
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
     p.add_argument("--json", type=Path, help="also write a JSON summary here")
     args = p.parse_args(argv)
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     mb = summary["bytes"] / 1e6
     print(f"wrote {target} ({mb:.2f} MB, {args.outtype}) and {summary['modelfile']}")
     if summary["f16_fallback"]:
-        print(f"note: kept {len(summary['f16_fallback'])} tensor(s) in f16 (rows not divisible by 32)")
+        print(f"note: kept {len(summary['f16_fallback'])} tensor(s) in f16 "
+              "(rows not divisible by 32)")
     print(f"next: ollama create {name} -f {summary['modelfile']}")
 
 

@@ -3,7 +3,8 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install needed
+sys.path.insert(0,
+                str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install needed
 
 from serving.helpers import ArgumentParser, cli_main  # noqa: E402
 

@@ -1,6 +1,7 @@
 """A Gradio chat app over one model folder and one runtime.
 
-    python -m serving.app --model models/tiny-chat --backend torch|onnx|gguf [--host 127.0.0.1] [--port 7860]
+    python -m serving.app --model models/tiny-chat --backend torch|onnx|gguf \
+        [--host 127.0.0.1] [--port 7860]
 
 The chat endpoint is `/chat` (Gradio ChatInterface's default): gradio_client sends the message and
 gets the reply text back. The chat logic and its caps live in serving/chat.py.

@@ -209,7 +209,8 @@ class ChatEncoder:
                            messages: Messages) -> list[tuple[int, int, int]]:
         """(start, end, id) of each special token the template wrote, in real-text positions."""
         enc = self.with_specials.encode(skeleton, add_special_tokens=False)
-        marks = [(skeleton.find(s), len(m["content"]) - len(s)) for s, m in zip(sentinels, messages)]
+        marks = [(skeleton.find(s), len(m["content"]) - len(s)) for s, m in zip(sentinels,
+                                                                                messages)]
         out = []
         for tid, (a, b) in zip(enc.ids, enc.offsets):
             if tid in self.special_ids:
@@ -238,12 +239,14 @@ class Backend:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
         except Exception as err:  # transformers raises many types for a broken folder
-            raise BackendError(f"cannot load the tokenizer of {model_dir}: {first_line(err)}") from None
+            raise BackendError(f"cannot load the tokenizer of {model_dir}: "
+                               f"{first_line(err)}") from None
         if self.tokenizer.chat_template is None:
             raise BackendError(f"{model_dir}: tokenizer has no chat template")
         self.chat = ChatEncoder(self.tokenizer)
         self.stop_ids = {
-            i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+            i for i in (self.tokenizer.eos_token_id,
+                        self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
             if isinstance(i, int) and i >= 0 and i != self.tokenizer.unk_token_id
         }
         self.lock = threading.Lock()  # one generation at a time per loaded model

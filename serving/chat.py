@@ -20,7 +20,7 @@ NOTICE = "⚠ "
 
 @dataclass(frozen=True)
 class Limits:
-    max_input_chars: int = 2000  # a chat turn, not a document; also bounds tokenizer work per request
+    max_input_chars: int = 2000  # a chat turn, not a document; also bounds tokenizer work
     max_new_tokens: int = 256
     default_new_tokens: int = 64
     max_temperature: float = 2.0
@@ -38,7 +38,8 @@ class ReplyStats:
 
     def markdown(self) -> str:
         return (f"Last reply: {self.tokens} tokens in {self.seconds:.2f} s "
-                f"(**{self.tokens_per_s:.1f} tokens/s**, first token after {self.first_token_s * 1000:.0f} ms)")
+                f"(**{self.tokens_per_s:.1f} tokens/s**, first token after "
+                f"{self.first_token_s * 1000:.0f} ms)")
 
 
 def text_of(content: Any) -> str:
@@ -170,7 +171,8 @@ class ChatService:
                              self.backend.chat.encode, self.context - max_new)
         if fitted is None:
             yield NOTICE + (f"Your message does not fit the model's {self.context}-token context "
-                            f"with {max_new} new tokens. Please shorten it or lower max new tokens."), None
+                            f"with {max_new} new tokens. Please shorten it or lower max new "
+                            "tokens."), None
             return
         start = time.perf_counter()
         first = None

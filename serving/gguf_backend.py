@@ -36,7 +36,8 @@ def find_gguf(model_dir: str | Path) -> Path:
                 return f
     if files:
         return files[0]
-    raise BackendError(f"{model_dir} has no GGUF export; run: python scripts/export_gguf.py {model_dir}")
+    raise BackendError(f"{model_dir} has no GGUF export; "
+                       f"run: python scripts/export_gguf.py {model_dir}")
 
 
 class GgufBackend(Backend):

@@ -209,7 +209,7 @@ def normal_modes(folder: str | Path) -> None:
     that write through mkstemp (transformers' safetensors, torch.onnx) leave files only their
     owner can read; a container running as another user could not load them."""
     files, folders = file_mode(), folder_mode()
-    for root, dirs, names in os.walk(folder):
+    for root, _dirs, names in os.walk(folder):
         os.chmod(root, folders)
         for name in names:
             path = os.path.join(root, name)

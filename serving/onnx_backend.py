@@ -18,7 +18,8 @@ class OnnxBackend(TokenBackend):
     def __init__(self, model_dir: str | Path, threads: int | None = None):
         onnx_dir = Path(model_dir) / "onnx"
         if not (onnx_dir / "model.onnx").is_file():
-            raise BackendError(f"{onnx_dir / 'model.onnx'} missing; run: python scripts/export_onnx.py {model_dir}")
+            raise BackendError(f"{onnx_dir / 'model.onnx'} missing; "
+                               f"run: python scripts/export_onnx.py {model_dir}")
         super().__init__(model_dir, tokenizer_dir=onnx_dir)
         import onnxruntime as ort
 
@@ -28,13 +29,16 @@ class OnnxBackend(TokenBackend):
             self.session = ort.InferenceSession(str(onnx_dir / "model.onnx"), opts,
                                                 providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own types for a broken graph
-            raise BackendError(f"onnxruntime cannot load {onnx_dir / 'model.onnx'}: {first_line(err)}; "
+            raise BackendError(f"onnxruntime cannot load {onnx_dir / 'model.onnx'}: "
+                               f"{first_line(err)}; "
                                f"run: python scripts/export_onnx.py {model_dir} --force") from None
-        self.past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
+        self.past_inputs = [i for i in self.session.get_inputs()
+                            if i.name.startswith("past_key_values")]
 
     def _empty_cache(self, batch: int) -> dict[str, np.ndarray]:
         # shape [batch, kv_heads, 0, head_dim]: kv_heads and head_dim are fixed in the graph
-        return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past_inputs}
+        return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]),
+                                 np.float32) for i in self.past_inputs}
 
     def step(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray,
              cache: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -47,7 +51,8 @@ class OnnxBackend(TokenBackend):
         rng = np.random.default_rng(sampling.seed)
         ids = np.array([prompt_ids], np.int64)
         n = ids.shape[1]
-        logits, cache = self.step(ids, np.ones((1, n), np.int64), np.arange(n)[None], self._empty_cache(1))
+        logits, cache = self.step(ids, np.ones((1, n), np.int64), np.arange(n)[None],
+                                  self._empty_cache(1))
         for _ in range(sampling.max_new_tokens):
             tok = sample_next(logits[0], sampling, rng)
             yield tok

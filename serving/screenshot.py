@@ -1,7 +1,8 @@
 """Chat with the app in headless Chromium and save a screenshot (used by the browser test and
 for docs/figures/serving_chat.png).
 
-    python -m serving.screenshot --model models/tiny-chat --backend gguf --out docs/figures/serving_chat.png
+    python -m serving.screenshot --model models/tiny-chat --backend gguf \
+        --out docs/figures/serving_chat.png
 
 Needs Playwright's Python package (dev extra) and Debian's chromium (`make system-deps`); the app
 itself never imports this module.

@@ -183,7 +183,8 @@ def test_what_a_killed_export_left_is_cleaned_by_the_next_run(good_model, tmp_pa
 
 
 def test_a_mistyped_local_base_fails_at_once_without_asking_the_hub(tmp_path):
-    proc = run(["-m", "training.finetune", "--base", "models/tiny-bsae", "--out", str(tmp_path / "o")])
+    proc = run(["-m", "training.finetune", "--base", "models/tiny-bsae", "--out",
+                str(tmp_path / "o")])
     assert_contract(proc)
     assert "neither a local folder nor a hub id" in proc.stderr
 

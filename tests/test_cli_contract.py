@@ -70,7 +70,8 @@ def test_every_package_has_commands():
 
 
 @pytest.fixture(scope="module")
-def unknown_flag_runs() -> dict[str, tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]]:
+def unknown_flag_runs() -> dict[str, tuple[subprocess.CompletedProcess,
+                                           subprocess.CompletedProcess]]:
     """Every command with an unknown flag, and the hint each printed, run (two at a time)."""
 
     def both(entry: list[str]):

@@ -4,7 +4,8 @@
 
 Questions come from the held-out split of training/tasks.py: none of them appears in pretraining
 text or in the fine-tuning set. Any runtime is scored through serving.runtimes, the same
-interface the chat app uses (serving.runtimes). Perplexity is exp(mean loss on the reference answers' tokens).
+interface the chat app uses (serving.runtimes). Perplexity is exp(mean loss on the reference
+answers' tokens).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch:
     samples, mistakes = [], []
     for i in range(0, len(examples), batch):
         chunk = examples[i : i + batch]
-        replies = backend.generate_batch([[{"role": "user", "content": ex.question}] for ex in chunk],
+        replies = backend.generate_batch([[{"role": "user",
+                                            "content": ex.question}] for ex in chunk],
                                          max_new_tokens=max_new_tokens)
         for ex, reply in zip(chunk, replies):
             ok = tasks.normalize_answer(reply) == tasks.normalize_answer(ex.answer)
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime", default="torch", choices=RUNTIMES)
     p.add_argument("--per-task", type=int, default=200, help="held-out questions per task (max)")
     p.add_argument("--seed", type=int, default=0, help="which held-out sample to draw")
-    p.add_argument("--gguf", type=Path, help="with --runtime gguf: which file (default: the f16 export)")
+    p.add_argument("--gguf", type=Path,
+                   help="with --runtime gguf: which file (default: the f16 export)")
     p.add_argument("--json", type=Path, help="write the report here")
     args = p.parse_args(argv)
     require_model(args.model, made_by_hint(args.model))

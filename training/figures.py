@@ -1,6 +1,7 @@
 """Figures for docs/training.md from the trained default models' metrics.
 
-    python -m training.figures [--base models/tiny-base] [--chat models/tiny-chat] [--out docs/figures]
+    python -m training.figures [--base models/tiny-base] [--chat models/tiny-chat] \
+        [--out docs/figures]
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
 
     base = json.loads((args.base / "metrics.json").read_text())
     chat = json.loads((args.chat / "metrics.json").read_text())
-    evals = json.loads((args.chat / "eval.json").read_text()) if (args.chat / "eval.json").exists() else {}
+    eval_path = args.chat / "eval.json"
+    evals = json.loads(eval_path.read_text()) if eval_path.exists() else {}
     fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(13 if evals else 9, 3.5), dpi=100)
     for ax, metrics, title in ((axes[0], base, "1. pretraining (next token, raw text)"),
                                (axes[1], chat, "2. LoRA fine-tuning (assistant tokens)")):
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         x = range(len(tasks))
         for offset, which in ((-0.2, "base"), (0.2, "fine_tuned")):
             if which in evals:
-                axes[2].bar([i + offset for i in x], [evals[which]["tasks"][t]["accuracy"] for t in tasks],
+                axes[2].bar([i + offset for i in x],
+                            [evals[which]["tasks"][t]["accuracy"] for t in tasks],
                             width=0.4, label=which.replace("_", "-"))
         axes[2].set_xticks(list(x), tasks)
         axes[2].set(ylim=(0, 1), ylabel="exact match (held out)", title="3. evaluation")

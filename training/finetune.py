@@ -1,7 +1,8 @@
 """Fine-tune a base model into a chat model with LoRA (PEFT), loss on assistant tokens only.
 
-    python -m training.finetune --base models/tiny-base --out models/tiny-chat [--steps N] [--resume]
-    python -m training.finetune --base HuggingFaceTB/SmolLM2-135M-Instruct --dataset my.jsonl --out models/smol-chat
+    python -m training.finetune --base models/tiny-base --out models/tiny-chat [--resume]
+    python -m training.finetune --base HuggingFaceTB/SmolLM2-135M-Instruct \
+        --dataset my.jsonl --out models/smol-chat
 
 Settings come from <out>/recipe.yaml (section `finetune`) when it exists, then from flags.
 Writes the LoRA adapter (adapter/), the merged model that `AutoModelForCausalLM.from_pretrained`
@@ -87,7 +88,8 @@ def load_base(name: str, trust_remote_code: bool):
     check_base(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
+                                                     use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except Exception as err:  # corrupt weights, bad config, no network: many exception types
         raise UsageError(f"cannot load base model {name!r}: {first_line(err)}") from None
@@ -109,9 +111,12 @@ def add_lora(model, s: FinetuneSettings):
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0])
     p.add_argument("--base", "--base-model", dest="base",
-                   help="base model: local folder (models/tiny-base) or hub id (default: the recipe's)")
-    p.add_argument("--out", required=True, type=Path, help="model folder to write (e.g. models/tiny-chat)")
-    p.add_argument("--dataset", help="'builtin' (default), a .jsonl/.json/.parquet file or folder, or a hub id")
+                   help="base model: local folder (models/tiny-base) or hub id "
+                        "(default: the recipe's)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="model folder to write (e.g. models/tiny-chat)")
+    p.add_argument("--dataset",
+                   help="'builtin' (default), a .jsonl/.json/.parquet file or folder, or a hub id")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-r", dest="lora_r", type=int)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     p.add_argument("--bad-rows", choices=["skip", "reject"], default="skip",
-                   help="what to do with rows that have an unknown role, empty content or are too long")
+                   help="what to do with rows that have an unknown role, empty content or "
+                        "are too long")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the base vs fine-tuned evaluation")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -127,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     out: Path = args.out
     s = load_settings(FinetuneSettings, out, "finetune",
-                      {k: getattr(args, k) for k in ("base", "dataset", "steps", "seed", "batch_size",
-                                                      "checkpoint_every", "lr", "lora_r")})
+                      {k: getattr(args, k) for k in ("base", "dataset", "steps", "seed",
+                                                      "batch_size", "checkpoint_every", "lr",
+                                                      "lora_r")})
     if not s.base:
         raise UsageError(f"no base model: give --base or set finetune.base in {out}/recipe.yaml; "
                          f"run: python -m training.finetune --base models/tiny-base --out {out}")
@@ -222,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
                     + (" (generated: arithmetic, word reversal, the project's ML glossary; "
                        "see data/train.jsonl)" if s.dataset == BUILTIN else ""),
             "LoRA": {"r": s.lora_r, "alpha": s.lora_alpha, "target_modules": s.target_modules,
-                     "trainable parameters": f"{trainable:,} of {total:,} ({trainable / total:.1%})"},
+                     "trainable parameters":
+                         f"{trainable:,} of {total:,} ({trainable / total:.1%})"},
             "Training": {k: settings[k] for k in ("steps", "batch_size", "lr", "warmup", "seed")},
             "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
             "Evaluation (held-out questions, exact match)": table or "skipped (--no-eval)",

@@ -141,7 +141,9 @@ def is_current(stage: Stage, fingerprint: Fingerprints) -> bool:
         if any(kept.get(k) != v for k, v in stage.expect["settings"].items()):
             return False
         base = stage.expect.get("base")
-        return base is None or not base.is_dir() or made_from.get("base_weights") == fingerprint(base)
+        if base is None or not base.is_dir():
+            return True
+        return made_from.get("base_weights") == fingerprint(base)
     return made_from.get("weights") == fingerprint(stage.folder)
 
 

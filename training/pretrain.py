@@ -61,7 +61,8 @@ class PretrainSettings:
         if self.seq_len < 8:
             raise UsageError(f"seq-len must be >= 8, got {self.seq_len}")
         if self.vocab_size < 300:
-            raise UsageError(f"vocab_size must be >= 300 (256 bytes + specials), got {self.vocab_size}")
+            raise UsageError(f"vocab_size must be >= 300 (256 bytes + specials), "
+                             f"got {self.vocab_size}")
         if self.hidden_size % self.num_attention_heads or \
                 self.num_attention_heads % self.num_key_value_heads:
             raise UsageError("hidden_size must divide by heads, and heads by key/value heads")
@@ -108,7 +109,8 @@ def mean_loss(model, windows: np.ndarray, batch: int = 64) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, type=Path, help="model folder to write (e.g. models/tiny-base)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="model folder to write (e.g. models/tiny-base)")
     p.add_argument("--steps", type=int, help="optimizer steps (default 1400)")
     p.add_argument("--seed", type=int, help="seed for init and data order (default 0)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch, in sequences")

@@ -178,6 +178,8 @@ def fact_lines(task: str) -> list[str]:
     if task in ("addition", "subtraction"):
         return [f"{expression(ex)} = {ex.answer}" for ex in train]
     if task == "reverse":
-        return [f"{ex.question.removeprefix('Reverse the word ').removesuffix('.')} backwards is {ex.answer}"
+        return [f"{ex.question.removeprefix('Reverse the word ').removesuffix('.')} backwards "
+                f"is {ex.answer}"
                 for ex in train]
-    return [f"In machine learning, {term} means {definition}." for term, definition in GLOSSARY.items()]
+    return [f"In machine learning, {term} means {definition}." for term,
+            definition in GLOSSARY.items()]

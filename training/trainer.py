@@ -268,7 +268,8 @@ def train(
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=rank != 0, initial=start,
                total=cfg.steps, dynamic_ncols=True)
     for step in bar:
-        idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed, step)[rank * local:(rank + 1) * local]
+        idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed,
+                            step)[rank * local:(rank + 1) * local]
         parts = [idx] if lengths is None else split_by_length(idx, lengths)
         batches = [get_batch(part) for part in parts]
         for group in opt.param_groups:

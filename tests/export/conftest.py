@@ -58,9 +58,11 @@ def train_llama_tokenizer(texts: list[str] = LLAMA_TEXTS, vocab_size: int = 400)
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
         pre_tokenizers.Digits(individual_digits=True)])
     trainer_tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=LLAMA_SPECIALS, limit_alphabet=50, show_progress=False))
+        vocab_size=vocab_size, special_tokens=LLAMA_SPECIALS, limit_alphabet=50,
+        show_progress=False))
     trained = json.loads(trainer_tok.to_str())["model"]["vocab"]
-    pieces = [p for p, _ in sorted(trained.items(), key=lambda kv: kv[1]) if p not in LLAMA_SPECIALS]
+    pieces = [p for p, _ in sorted(trained.items(),
+                                   key=lambda kv: kv[1]) if p not in LLAMA_SPECIALS]
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     vocab = {p: i for i, p in enumerate(LLAMA_SPECIALS + byte_tokens + pieces)}
     merges = sorted(((a, b) for a in pieces for b in pieces if a + b in vocab),
@@ -89,7 +91,8 @@ def make_random_llama(out: Path, seed: int = 0, tokenizer=None, **overrides) -> 
     from training.tokenizer import train_tokenizer
 
     tok = tokenizer if tokenizer is not None else train_tokenizer(TEXTS, 400)
-    settings = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    settings = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
+                    num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                     rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
                     bos_token_id=tok.bos_token_id if tok.bos_token else tok.pad_token_id,
@@ -116,7 +119,8 @@ def random_gguf(random_llama: Path) -> dict[str, Path]:
     """The random model exported in every outtype, into its gguf/ folder."""
     from training.export.gguf import OUTTYPES, export_gguf
 
-    return {t: Path(export_gguf(random_llama, random_llama / "gguf" / f"rand-llama-{t}.gguf", t)["path"])
+    return {t: Path(export_gguf(random_llama, random_llama / "gguf" / f"rand-llama-{t}.gguf",
+                                t)["path"])
             for t in OUTTYPES}
 
 

@@ -1,4 +1,5 @@
-"""GGUF export checked in llama.cpp itself (xllamacpp): it loads, and it computes what PyTorch does."""
+"""GGUF export checked in llama.cpp itself (xllamacpp): it loads, and it computes what PyTorch
+does."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def reference(random_llama: Path):
     banned = [i for i in range(len(tok)) if i in tok.all_special_ids or "\ufffd" in tok.decode([i])]
     prompts = [tok(t)["input_ids"] for t in ("What is 12+35?", "Hello world", "def foo(x):")]
     prompts.append(tok.apply_chat_template([{"role": "user", "content": "hi there"}],
-                                           add_generation_prompt=True, tokenize=True, return_dict=False))
+                                           add_generation_prompt=True, tokenize=True,
+                                           return_dict=False))
     return model, tok, banned, prompts
 
 
@@ -194,6 +196,7 @@ def test_cli_errors_are_one_line(chat_copy, tmp_path):
     assert "not a model folder" in fails(str(tmp_path / "empty"))
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
-    (gpt2 / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}')
+    (gpt2 / "config.json").write_text(
+        '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}')
     (gpt2 / "model.safetensors").write_bytes(b"")
     assert "unsupported architecture GPT2LMHeadModel" in fails(str(gpt2))

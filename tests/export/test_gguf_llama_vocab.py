@@ -31,7 +31,8 @@ TEXTS = ["What is 12+35? The answer is 47.", "Grüße aus München, 東京! 3.14
 
 @pytest.fixture(scope="module")
 def exports(random_tinyllama: Path) -> dict[str, Path]:
-    return {t: Path(export_gguf(random_tinyllama, random_tinyllama / "gguf" / f"tl-{t}.gguf", t)["path"])
+    return {t: Path(export_gguf(random_tinyllama, random_tinyllama / "gguf" / f"tl-{t}.gguf",
+                                t)["path"])
             for t in ("f32", "f16")}
 
 
@@ -80,7 +81,8 @@ def test_merge_scores_follow_rank():
 
 
 @pytest.mark.parametrize("outtype,tol", [("f32", 1e-4), ("f16", 5e-2)])
-def test_text_tokenizes_and_runs_like_transformers(random_tinyllama, exports, reference, outtype, tol):
+def test_text_tokenizes_and_runs_like_transformers(random_tinyllama, exports, reference, outtype,
+                                                   tol):
     """llama.cpp tokenizes each text itself (BOS added, specials parsed); its prompt length and
     its top-3 log-probs after the prompt equal PyTorch's on transformers' ids. Log-probs of a
     random model are a fingerprint of the exact ids: any different token moves them."""
@@ -105,7 +107,8 @@ def test_chat_prompt_greedy_matches_pytorch(random_tinyllama, exports, reference
     model, tok, banned = reference
     backend = GgufBackend(random_tinyllama, exports["f32"], n_threads=1)
     for chat in CHATS[:2]:
-        ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                      return_dict=False)
         want, _ = torch_greedy(model, ids, N_NEW, banned)
         assert [e["id"] for e in backend.greedy_tokens(ids, N_NEW, banned)] == want
 
@@ -113,7 +116,8 @@ def test_chat_prompt_greedy_matches_pytorch(random_tinyllama, exports, reference
 def test_modelfile_for_zephyr_template(random_tinyllama, reference):
     """TinyLlama-Chat's template becomes an Ollama TEMPLATE that Go renders like Jinja."""
     _, tok, _ = reference
-    text = modelfile_for(random_tinyllama, random_tinyllama / "gguf" / "tl-f16.gguf", context_length=256)
+    text = modelfile_for(random_tinyllama, random_tinyllama / "gguf" / "tl-f16.gguf",
+                         context_length=256)
     cmds = dict(parse_modelfile(text))
     assert cmds["FROM"] == "./tl-f16.gguf" and cmds["PARAMETER stop"] == "</s>"
     fmt = derive_format(tok)

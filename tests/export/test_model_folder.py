@@ -39,7 +39,8 @@ def test_a_sharded_folder_is_a_model_to_every_reader(sharded, tmp_path):
     assert summary["made_from"]["weights"] == weights_fingerprint(sharded)
     from serving.runtimes import load_backend
 
-    assert load_backend(sharded, "torch").generate([{"role": "user", "content": "hi"}], 3) is not None
+    assert load_backend(sharded, "torch").generate([{"role": "user", "content": "hi"}],
+                                                   3) is not None
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

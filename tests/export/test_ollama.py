@@ -90,7 +90,8 @@ def test_go_template_equals_jinja(tok):
 def test_default_system_becomes_SYSTEM(tok):
     smol = templates(tok)["smollm2"]
     text = modelfile("m.gguf", smol)
-    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
+    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert f'SYSTEM """{system}"""' in text
     assert "SYSTEM" not in modelfile("m.gguf", tok)  # ChatML without a default: no SYSTEM
 
 

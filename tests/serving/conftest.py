@@ -38,7 +38,8 @@ def start_app(argv: list[str], port: int, log: Path, timeout: float = 120) -> su
             return proc
         time.sleep(0.3)
     stop_app(proc)
-    raise AssertionError(f"app did not print its URL within {timeout} s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"app did not print its URL within {timeout} s:\n"
+                         f"{log.read_text()[-3000:]}")
 
 
 def stop_app(proc: subprocess.Popen) -> None:

@@ -1,4 +1,5 @@
-"""The app as users run it: a real server process, the /chat API through gradio_client, CLI errors."""
+"""The app as users run it: a real server process, the /chat API through gradio_client, CLI
+errors."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def test_chat_api_returns_the_backends_greedy_reply(served_app: str, chat_case: 
     assert reply == expected_reply
 
 
-def test_chat_api_streams_pieces_that_grow_into_the_reply(served_app: str, chat_case: tuple[str, str]):
+def test_chat_api_streams_pieces_that_grow_into_the_reply(served_app: str, chat_case: tuple[str,
+                                                                                            str]):
     question, expected_reply = chat_case
     job = Client(served_app, verbose=False).submit(question, 0.0, MAX_NEW_TOKENS, api_name="/chat")
     final = job.result(timeout=120)
@@ -61,7 +63,8 @@ def _raw_call(url: str, body: str) -> str:
     req = urllib.request.Request(f"{url}gradio_api/call/chat", data=body.encode(),
                                  headers={"Content-Type": "application/json"})
     event = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
-    stream = urllib.request.urlopen(f"{url}gradio_api/call/chat/{event}", timeout=60).read().decode()
+    stream = urllib.request.urlopen(f"{url}gradio_api/call/chat/{event}",
+                                    timeout=60).read().decode()
     events = [line for line in stream.splitlines() if line.startswith(("event:", "data:"))]
     assert "event: error" not in events, stream
     return json.loads([e for e in events if e.startswith("data:")][-1][5:])[0]
@@ -73,7 +76,8 @@ def test_chat_api_takes_absurd_numbers_and_broken_text_in_its_stride(served_app:
         assert isinstance(reply, str) and reply and not reply.startswith(NOTICE), (tokens, reply)
     broken = _raw_call(served_app, '{"data": ["hi \\ud800 there", 0.0, 8]}')
     assert broken.startswith(NOTICE) and "not valid text" in broken
-    assert not Client(served_app, verbose=False).predict(QUESTION, 0.0, 4, api_name="/chat").startswith(NOTICE)
+    assert not Client(served_app, verbose=False).predict(QUESTION, 0.0, 4,
+                                                         api_name="/chat").startswith(NOTICE)
 
 
 def test_the_app_listens_on_its_port_only(tmp_path: Path, served_model: Path):
@@ -102,7 +106,8 @@ def listening_tcp_ports(pid: int) -> list[int]:
 
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        target = os.readlink(f"/proc/{pid}/fd/{fd}") if os.path.exists(f"/proc/{pid}/fd/{fd}") else ""
+        link = f"/proc/{pid}/fd/{fd}"
+        target = os.readlink(link) if os.path.exists(link) else ""
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     ports = []

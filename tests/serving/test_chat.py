@@ -216,7 +216,8 @@ def test_closing_the_reply_early_stops_generation_and_frees_the_model():
             return [f"w{i}" for i in range(100_000)]
 
     backend = Endless()
-    gen = ChatService(backend, Limits(max_new_tokens=100_000)).reply("hi", [], max_new_tokens=100_000)
+    gen = ChatService(backend, Limits(max_new_tokens=100_000)).reply("hi", [],
+                                                                     max_new_tokens=100_000)
     next(gen)
     gen.close()
     time.sleep(0.5)

@@ -47,10 +47,12 @@ def test_pins_match_the_tested_environment():
     pins = dict(re.findall(r"\b([A-Za-z][\w.-]*)==([\w.]+)", DOCKERFILE.read_text()))
     assert {"torch", "transformers", "gradio", "onnxruntime", "xllamacpp"} <= set(pins)
     for name, pinned in pins.items():
-        assert version(name).split("+")[0] == pinned, f"{name}: Dockerfile {pinned}, here {version(name)}"
+        here = version(name)
+        assert here.split("+")[0] == pinned, f"{name}: Dockerfile {pinned}, here {here}"
 
 
-def test_container_command_serves_the_model(served_model: Path, chat_case: tuple[str, str], tmp_path: Path):
+def test_container_command_serves_the_model(served_model: Path, chat_case: tuple[str, str],
+                                            tmp_path: Path):
     question, expected_reply = chat_case
     argv = instruction("ENTRYPOINT") + instruction("CMD")
     assert argv[:3] == ["python", "-m", "serving.app"]
@@ -59,7 +61,7 @@ def test_container_command_serves_the_model(served_model: Path, chat_case: tuple
     argv = [sys.executable if a == "python" else
             str(served_model) if a == "/models/tiny-chat" else
             str(port) if a == "7860" else a for a in argv]
-    assert str(served_model) in argv and str(port) in argv, "CMD no longer names the model path or port"
+    assert str(served_model) in argv and str(port) in argv, "CMD no longer names the model or port"
     proc = start_app(argv, port, tmp_path / "app.log")
     try:
         reply = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(

@@ -70,7 +70,8 @@ def test_corpus_is_the_same_in_every_process_and_environment(tmp_path):
     other_python = tmp_path / "python3"  # the same interpreter, installed at another path
     other_python.symlink_to(os.path.realpath(sys.executable))
     runs = [(sys.executable, {"PATH": "/usr/bin:/bin", "MLZERO_PROBE": "a"}),
-            (str(other_python), {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "TZ": "Asia/Tokyo"})]
+            (str(other_python), {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+                                 "TZ": "Asia/Tokyo"})]
     digests = {subprocess.run([python, "-c", code], cwd=ROOT, env=env, capture_output=True,
                               text=True, check=True).stdout for python, env in runs}
     assert len(digests) == 1, digests

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from serving.helpers import UsageError
 from serving.backend import ChatEncoder
+from serving.helpers import UsageError
 from training import chatdata, tasks
 from training.tokenizer import train_tokenizer
 

@@ -1,4 +1,5 @@
-"""Bad input gets one line on stderr and exit status 2 — never a traceback or a half-written folder."""
+"""Bad input gets one line on stderr and exit status 2 — never a traceback or a half-written
+folder."""
 
 import pytest
 
@@ -38,7 +39,8 @@ def test_broken_recipe_yaml_is_rejected(tmp_path):
 def test_bad_dataset_paths(tiny_base, tmp_path, dataset, needle):
     if dataset.endswith(".txt"):
         (tmp_path / dataset).write_text("hello\n")
-    proc = run_cli("-m", "training.finetune", "--base", str(tiny_base), "--out", str(tmp_path / "o"),
+    proc = run_cli("-m", "training.finetune", "--base", str(tiny_base), "--out",
+                   str(tmp_path / "o"),
                    "--dataset", str(tmp_path / dataset), check=False)
     assert_one_line_error(proc, needle)
 

@@ -46,7 +46,8 @@ def fake_repo(tmp_path, monkeypatch):
             if "export_onnx.py" in argv[0]:
                 target = [str(folder / "onnx" / "export.json")]
             elif "export_gguf.py" in argv[0]:
-                target = [str(folder / "gguf" / f"tiny-chat-{argv[argv.index('--outtype') + 1]}.json")]
+                outtype = argv[argv.index("--outtype") + 1]
+                target = [str(folder / "gguf" / f"tiny-chat-{outtype}.json")]
             for t in target:
                 (tmp_path / t).parent.mkdir(parents=True, exist_ok=True)
                 (tmp_path / t).write_text(json.dumps(made))

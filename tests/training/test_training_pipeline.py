@@ -65,7 +65,8 @@ def test_finetune_reports_base_vs_fine_tuned(tiny_chat):
 
 def test_evaluate_cli_writes_the_contract_json(tiny_chat, tmp_path):
     out = tmp_path / "eval.json"
-    run_cli("-m", "training.evaluate", "--model", str(tiny_chat), "--per-task", "5", "--json", str(out))
+    run_cli("-m", "training.evaluate", "--model", str(tiny_chat), "--per-task", "5", "--json",
+            str(out))
     report = json.loads(out.read_text())
     assert report["tasks"]["addition"]["n"] == 5
     for task in ("addition", "subtraction"):
@@ -207,7 +208,8 @@ def test_every_artifact_is_readable_by_others_under_umask_022(tiny_chat, tmp_pat
     shutil.copytree(tiny_chat, model)
     run_cli("scripts/export_gguf.py", str(model), "--outtype", "q8_0")
     run_cli("scripts/export_onnx.py", str(model))
-    run_cli("-m", "training.evaluate", "--model", str(model), "--runtime", "gguf", "--per-task", "2",
+    run_cli("-m", "training.evaluate", "--model", str(model), "--runtime", "gguf", "--per-task",
+            "2",
             "--json", str(model / "eval-gguf.json"))
     checked = 0
     for folder in (tiny_chat, model):

@@ -70,7 +70,8 @@ def detect_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         return "gpt-2"
     raise UsageError(f"unsupported tokenizer: pre-tokenizer {kinds or 'none'} has no llama.cpp "
-                     "equivalent here (supported: byte-level BPE with the qwen2, smollm or gpt-2 split)")
+                     "equivalent here (supported: byte-level BPE with the qwen2, smollm or "
+                     "gpt-2 split)")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -100,7 +101,8 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 def rope_theta(config: dict[str, Any]) -> float:
     # transformers 5 moved rope_theta into rope_parameters.
-    return float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    nested = (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    return float(config.get("rope_theta") or nested)
 
 
 def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -166,8 +168,9 @@ def check_sentencepiece_layout(tok_json: dict[str, Any]) -> None:
     expected = [{"type": "Prepend", "prepend": "▁"},
                 {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
     if steps != expected or tok_json.get("pre_tokenizer"):
-        kinds = [s.get("type") for s in steps if s] + [(tok_json.get("pre_tokenizer") or {}).get("type")]
-        raise UsageError(f"unsupported tokenizer: byte-fallback BPE with {[k for k in kinds if k]} has "
+        pre = (tok_json.get("pre_tokenizer") or {}).get("type")
+        kinds = [k for k in [s.get("type") for s in steps if s] + [pre] if k]
+        raise UsageError(f"unsupported tokenizer: byte-fallback BPE with {kinds} has "
                          "no llama.cpp equivalent here (supported: Llama 2 / TinyLlama layout, "
                          "normalizer Prepend('▁') + Replace(' ', '▁') and no pre-tokenizer)")
 
@@ -187,7 +190,8 @@ def merge_scores(model: dict[str, Any]) -> dict[str, float]:
     return scores
 
 
-def add_llama_vocab(w: gguf.GGUFWriter, model_dir: Path, tok_json: dict[str, Any], n_vocab: int) -> None:
+def add_llama_vocab(w: gguf.GGUFWriter, model_dir: Path, tok_json: dict[str, Any],
+                    n_vocab: int) -> None:
     """A SentencePiece-style BPE vocabulary as llama.cpp's "llama" tokenizer model: tokens,
     scores and types (<0xXX> byte tokens BYTE, special tokens CONTROL)."""
     check_sentencepiece_layout(tok_json)
@@ -199,7 +203,8 @@ def add_llama_vocab(w: gguf.GGUFWriter, model_dir: Path, tok_json: dict[str, Any
         tokens.append(text.decode("utf-8"))
         types.append(token_type)
     if len(tokens) > n_vocab:
-        raise UsageError(f"tokenizer has {len(tokens)} tokens but the model's vocab_size is {n_vocab}")
+        raise UsageError(f"tokenizer has {len(tokens)} tokens but the model's vocab_size is "
+                         f"{n_vocab}")
     # Embedding rows past the tokenizer (padding to a round size) get unused placeholder tokens.
     pad = range(len(tokens), n_vocab)
     tokens += [f"[PAD{i}]" for i in pad]
@@ -229,7 +234,8 @@ def add_byte_level_vocab(w: gguf.GGUFWriter, tok_json: dict[str, Any], n_vocab: 
         if i not in by_id:
             types.append(gguf.TokenType.UNUSED)
         elif s in added:
-            types.append(gguf.TokenType.CONTROL if added[s]["special"] else gguf.TokenType.USER_DEFINED)
+            special = added[s]["special"]
+            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
         else:
             types.append(gguf.TokenType.NORMAL)
     w.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
@@ -246,7 +252,8 @@ def add_tokenizer(w: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -
     model = tok_json.get("model", {})
     n_vocab = config["vocab_size"]
     if model.get("type") != "BPE":
-        raise UsageError(f"unsupported tokenizer model {model.get('type')} in {model_dir}: only BPE "
+        raise UsageError(f"unsupported tokenizer model {model.get('type')} in {model_dir}: "
+                         "only BPE "
                          "(byte-level, or SentencePiece-style with byte fallback) is exported")
     byte_fallback = bool(model.get("byte_fallback"))
     if byte_fallback:

@@ -157,4 +157,5 @@ def parity_check(model, onnx_path: Path) -> float:
 def describe(out: Path) -> str:
     info = json.loads((out / "export.json").read_text())
     size = (out / "model.onnx").stat().st_size / 1e6
-    return f"wrote {out / 'model.onnx'} ({size:.1f} MB); max |logit diff| vs torch {info['max_abs_logit_diff_vs_torch']:.2e}"
+    diff = info["max_abs_logit_diff_vs_torch"]
+    return f"wrote {out / 'model.onnx'} ({size:.1f} MB); max |logit diff| vs torch {diff:.2e}"
