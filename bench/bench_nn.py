@@ -157,7 +157,9 @@ def bench_gpt(steps: int, blocks: int) -> dict:
         val_ours = float(np.mean([F.cross_entropy(model(x), y).item() for x, y in val]))
     with torch.no_grad():
         val_theirs = float(np.mean([
-            TF.cross_entropy(t_model(torch.from_numpy(x)).flatten(0, 1), torch.from_numpy(y).flatten()).item()
+            TF.cross_entropy(
+                t_model(torch.from_numpy(x)).flatten(0, 1), torch.from_numpy(y).flatten()
+            ).item()
             for x, y in val
         ]))  # fmt: skip
     return {

@@ -60,7 +60,9 @@ def test_gosper_gun_repeats_every_30_generations_and_emits_gliders():
 
 
 @pytest.mark.parametrize("torus", [True, False])
-@pytest.mark.parametrize("rule", ["B3/S23", "B36/S23", "B2/S", "B0/S8", "B1357/S1357", "B345/S0178"])
+@pytest.mark.parametrize(
+    "rule", ["B3/S23", "B36/S23", "B2/S", "B0/S8", "B1357/S1357", "B345/S0178"]
+)
 def test_packed_engines_match_reference_on_random_boards(rule, torus):
     rng = np.random.default_rng(hash(rule) % 1000 + torus)
     for height, width in [(1, 1), (5, 64), (17, 70), (9, 130), (33, 3), (24, 200)]:

@@ -36,7 +36,9 @@ def to64(module) -> None:
 
 def test_mlp_with_pytorch_initial_weights_gives_the_same_loss_and_grads():
     torch.manual_seed(0)
-    t_model = tnn.Sequential(tnn.Linear(20, 32), tnn.ReLU(), tnn.Linear(32, 16), tnn.ReLU(), tnn.Linear(16, 5)).double()  # fmt: skip
+    t_model = tnn.Sequential(
+        tnn.Linear(20, 32), tnn.ReLU(), tnn.Linear(32, 16), tnn.ReLU(), tnn.Linear(16, 5)
+    ).double()
     model = Sequential(Linear(20, 32), ReLU(), Linear(32, 16), ReLU(), Linear(16, 5))
     to64(model)
     model.load_state_dict({f"layers.{k}": v.numpy() for k, v in t_model.state_dict().items()})

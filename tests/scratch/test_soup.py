@@ -98,7 +98,8 @@ def test_hand_made_tapes():
     # A counting loop: head0 sits on tape[0] = 3 (a no-op as code); '[-]' counts it down to 0.
     tape = b"\x03[-]" + bytes(124)
     final, steps = run_tape(tape)
-    assert final == bytes(4 - 3) + b"[-]" + bytes(124) and steps == 1 + 1 + 2 * 3 + 124  # [ runs once; - ] thrice
+    # [ runs once; - ] thrice
+    assert final == bytes(4 - 3) + b"[-]" + bytes(124) and steps == 1 + 1 + 2 * 3 + 124
     with pytest.raises(ValueError):
         run_tape(b"short")
 
@@ -125,7 +126,8 @@ def test_epoch_matches_reference_pairing():
     expected = before.copy()
     for a, b in zip(order[::2], order[1::2], strict=True):
         tape, _ = reference_run_tape(before[a].tobytes() + before[b].tobytes())
-        expected[a], expected[b] = np.frombuffer(tape[:64], np.uint8), np.frombuffer(tape[64:], np.uint8)
+        expected[a] = np.frombuffer(tape[:64], np.uint8)
+        expected[b] = np.frombuffer(tape[64:], np.uint8)
     assert (soup.programs == expected).all()
 
 

@@ -1,4 +1,4 @@
-"""PyTorch twins of scratch/nn layers, the reference the tests and bench/bench_nn.py compare with."""
+"""PyTorch twins of scratch/nn layers: the reference the tests and bench/bench_nn.py compare."""
 
 import torch.nn as tnn
 import torch.nn.functional as TF
