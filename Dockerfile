@@ -31,7 +31,9 @@ RUN pip install \
         onnxruntime==1.32.0 \
         xllamacpp==2026.10.11549 \
         gradio==6.31.0 \
-        gradio_client==2.7.2
+        gradio_client==2.7.2 \
+        fastapi==0.165.0 \
+        uvicorn==0.54.0
 
 # hadolint ignore=DL3059
 RUN useradd --create-home --uid 10001 mlzero
@@ -42,8 +44,9 @@ COPY serving/ /app/serving/
 USER 10001
 
 EXPOSE 7860
+# /health answers without the API key (it says only "ok").
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/health', timeout=4)"]
 ENTRYPOINT ["python", "-m", "serving.app"]
 # 0.0.0.0 inside the container; publish the port on the host with -p 127.0.0.1:7860:7860 (local
 # only; publishing without the address exposes the app on every interface of the host).

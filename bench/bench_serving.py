@@ -1,11 +1,17 @@
-"""Load test of the chat app: N concurrent gradio_client clients for a bounded time.
+"""Load test of the serving paths, side by side in one run: N concurrent clients for a bounded time.
 
-    python bench/bench_serving.py --model models/tiny-chat --backend gguf      # starts the app
-    python bench/bench_serving.py --url http://127.0.0.1:7860/                 # an app already up
+    python bench/bench_serving.py --model models/tiny-chat [--clients 16 --seconds 30 --think 0]
 
-Each client asks "What is A + B?" (random A, B) through the `/chat` API in a loop, streaming the
-reply; time to first token is when the first non-empty piece arrives at the client, total latency
-when the reply is complete. Reports requests done, errors (must be 0), p50/p95 of both.
+Paths (each started as users start it, then loaded the same way):
+  gradio   `python -m serving.app --backend gguf`, clients through gradio_client's `/chat`
+  api      `python -m serving.api --backend gguf`, `openai` clients streaming (one generation at
+           a time, as the app does)
+  batched  `python -m serving.api --backend gguf --parallel N`: llama.cpp decodes up to N
+           requests in one batch (its slots and continuous batching)
+
+Each client asks "What is A + B?" (random A, B) in a loop and streams the reply; time to first
+token is when the first non-empty piece arrives at the client, latency when the reply is
+complete. Reports requests/s, tokens/s, p50/p95 of both, and errors (must be 0).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PATHS = ("gradio", "api", "batched")
 
 
 def free_port() -> int:
@@ -30,23 +37,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, backend: str, port: int, log: Path,
-                 timeout: float = 180) -> subprocess.Popen:
-    """Start serving.app and wait for the line with its URL."""
+def start_server(argv: list[str], log: Path, timeout: float = 300) -> subprocess.Popen:
+    """Start a server command and wait for the line with its URL."""
     out = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--model", str(model),
-                             "--backend",
-                             backend, "--port", str(port)], cwd=ROOT, stdout=out,
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=out,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"error: the app exited ({proc.returncode}); see {log}")
+            sys.exit(f"error: the server exited ({proc.returncode}); see {log}")
         if "running at" in log.read_text():
             return proc
         time.sleep(0.3)
     proc.terminate()
-    sys.exit(f"error: the app did not start within {timeout:.0f} s; see {log}")
+    sys.exit(f"error: the server did not start within {timeout:.0f} s; see {log}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,60 +61,91 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
-def client_loop(url: str, clock: dict, max_new_tokens: int, think: float, seed: int,
-                results: list, errors: list, ready: threading.Barrier, go: threading.Event) -> None:
+def gradio_ask(url: str):
     from gradio_client import Client
 
-    rng = random.Random(seed)
     client = Client(url, verbose=False, download_files=False)
+
+    def ask(question: str, max_new_tokens: int):
+        job = client.submit(question, 0.0, max_new_tokens, api_name="/chat")
+        for piece in job:
+            yield piece, None
+        yield job.result(), None
+
+    return ask
+
+
+def openai_ask(url: str, model: str):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}v1", api_key="unused", max_retries=0, timeout=120)
+
+    def ask(question: str, max_new_tokens: int):
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], temperature=0,
+            max_tokens=max_new_tokens, stream=True, stream_options={"include_usage": True})
+        text = ""
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+                yield text, None
+            if chunk.usage is not None:
+                yield text, chunk.usage.completion_tokens
+
+    return ask
+
+
+def client_loop(make_ask, clock: dict, max_new_tokens: int, think: float, seed: int,
+                results: list, errors: list, ready: threading.Barrier, go: threading.Event) -> None:
+    rng = random.Random(seed)
+    ask = make_ask()
     ready.wait()  # every client is connected before the clock starts
     go.wait()
     time.sleep(rng.uniform(0, think))  # users do not all press Enter in the same millisecond
     while time.monotonic() < clock["end"]:
         question = f"What is {rng.randrange(100)} + {rng.randrange(100)}?"
         start = time.perf_counter()
-        first = None
+        first, reply, tokens = None, "", None
         try:
-            job = client.submit(question, 0.0, max_new_tokens, api_name="/chat")
-            for piece in job:  # streamed updates, as they arrive
-                if first is None and piece:
+            for reply, count in ask(question, max_new_tokens):
+                if first is None and reply:
                     first = time.perf_counter() - start
-            reply = job.result()
+                tokens = count if count is not None else tokens
             total = time.perf_counter() - start
             if not reply or first is None:
                 raise RuntimeError(f"empty reply to {question!r}")
-            results.append((first, total))
+            results.append((first, total, tokens))
         except Exception as err:  # counted and reported; the client keeps going
             errors.append(f"{type(err).__name__}: {err}")
         # a person reads the reply and types the next question (0: back-to-back, a stress test)
         time.sleep(rng.uniform(0.5, 1.5) * think)
 
 
-def run(url: str, clients: int, seconds: float, max_new_tokens: int, think: float = 0.0) -> dict:
-    results: list[tuple[float, float]] = []
+def run(make_ask, clients: int, seconds: float, max_new_tokens: int, think: float) -> dict:
+    results: list[tuple[float, float, int | None]] = []
     errors: list[str] = []
     ready, go, clock = threading.Barrier(clients + 1), threading.Event(), {}
     threads = [threading.Thread(target=client_loop, daemon=True,
-                                args=(url, clock, max_new_tokens, think, i, results, errors, ready,
-                                      go))
+                                args=(make_ask, clock, max_new_tokens, think, i, results, errors,
+                                      ready, go))
                for i in range(clients)]
     for t in threads:
         t.start()
-    ready.wait(timeout=120)
+    ready.wait(timeout=300)
     start = time.monotonic()
     clock["end"] = start + seconds
     go.set()
     for t in threads:
         t.join(seconds + 120)  # a request in flight at the deadline still finishes
     elapsed = time.monotonic() - start
-    ttft = [r[0] for r in results]
-    total = [r[1] for r in results]
+    ttft, total = [r[0] for r in results], [r[1] for r in results]
+    counted = [r[2] for r in results if r[2] is not None]
     ms = lambda v: round(v * 1000, 1)  # noqa: E731
     return {
-        "url": url, "clients": clients, "seconds": round(elapsed, 1),
-        "max_new_tokens": max_new_tokens, "think_s": think, "requests": len(results),
-        "errors": len(errors),
+        "clients": clients, "seconds": round(elapsed, 1), "max_new_tokens": max_new_tokens,
+        "think_s": think, "requests": len(results), "errors": len(errors),
         "error_samples": errors[:5], "requests_per_s": round(len(results) / elapsed, 2),
+        "tokens_per_s": round(sum(counted) / elapsed, 1) if counted else None,
         "ttft_p50_ms": ms(percentile(ttft, 50)), "ttft_p95_ms": ms(percentile(ttft, 95)),
         "latency_p50_ms": ms(percentile(total, 50)), "latency_p95_ms": ms(percentile(total, 95)),
     }
@@ -118,10 +153,10 @@ def run(url: str, clients: int, seconds: float, max_new_tokens: int, think: floa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--url", help="an app already running (default: start one)")
     p.add_argument("--model", type=Path, default=ROOT / "models" / "tiny-chat")
-    p.add_argument("--backend", choices=("torch", "onnx", "gguf"), default="gguf")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"which of {', '.join(PATHS)}")
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--parallel", type=int, default=16, help="slots of the batched path")
     p.add_argument("--seconds", type=float, default=30.0, help="how long clients keep asking")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--think", type=float, default=0.0,
@@ -129,32 +164,40 @@ def main(argv: list[str] | None = None) -> None:
                         "(default 0: back-to-back)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
-
-    proc = None
-    url = args.url
-    if url is None:
-        if not args.model.is_dir():
-            sys.exit(f"error: {args.model} is not a model folder; build it or pass --url")
+    if not args.model.is_dir():
+        sys.exit(f"error: {args.model} is not a model folder; run: python -m training.pipeline")
+    model = args.model.resolve().name
+    report = {"model": str(args.model), "load": os.getloadavg()[0], "paths": {}}
+    for path in args.paths.split(","):
         port = free_port()
-        proc = start_server(args.model, args.backend, port, Path(f"/tmp/bench_serving_{port}.log"))
         url = f"http://127.0.0.1:{port}/"
-    try:
-        res = run(url, args.clients, args.seconds, args.max_new_tokens, args.think)
-    finally:
-        if proc is not None:
+        module = "serving.app" if path == "gradio" else "serving.api"
+        argv_ = ["-m", module, "--model", str(args.model), "--backend", "gguf", "--port", str(port)]
+        if path == "batched":
+            argv_ += ["--parallel", str(args.parallel)]
+        proc = start_server(argv_, Path(f"/tmp/bench_serving_{path}_{port}.log"))
+        try:
+            make = (lambda u=url: gradio_ask(u)) if path == "gradio" else (
+                lambda u=url: openai_ask(u, model))
+            res = run(make, args.clients, args.seconds, args.max_new_tokens, args.think)
+        finally:
             proc.terminate()
             proc.wait(timeout=30)
-    res["backend"] = args.backend if args.url is None else "?"
-    print(f"{res['clients']} clients (think {res['think_s']} s), {res['seconds']} s, "
-          f"backend {res['backend']}: "
-          f"{res['requests']} requests ({res['requests_per_s']}/s), {res['errors']} errors")
-    print(f"time to first token  p50 {res['ttft_p50_ms']} ms   p95 {res['ttft_p95_ms']} ms")
-    print(f"total latency        p50 {res['latency_p50_ms']} ms   p95 {res['latency_p95_ms']} ms")
-    for e in res["error_samples"]:
-        print("  error:", e)
+        report["paths"][path] = res
+        print(f"{path:8s} {res['requests']:5d} requests ({res['requests_per_s']:6.1f}/s, "
+              f"{res['tokens_per_s'] or '-'} tokens/s), {res['errors']} errors; TTFT p50 "
+              f"{res['ttft_p50_ms']} / p95 {res['ttft_p95_ms']} ms; latency p50 "
+              f"{res['latency_p50_ms']} / p95 {res['latency_p95_ms']} ms", flush=True)
+        for e in res["error_samples"]:
+            print("  error:", e)
+    base = report["paths"].get("gradio", {}).get("requests_per_s")
+    if base:
+        for path, res in report["paths"].items():
+            res["vs_gradio"] = round(res["requests_per_s"] / base, 2)
+            print(f"{path:8s} {res['vs_gradio']}x the gradio path's requests/s")
     if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
-    if res["errors"]:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if any(r["errors"] for r in report["paths"].values()):
         sys.exit(1)
 
 

@@ -10,13 +10,21 @@ gets the reply text back. The chat logic and its caps live in serving/chat.py.
 # No `from __future__ import annotations`: gr.api reads the handler's type hints at runtime to
 # describe the endpoint, and string annotations naming local imports would not resolve.
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from serving import api
+from serving.api import api_key_from, serve
 from serving.backend import BackendError
 from serving.chat import ChatService, Limits
-from serving.helpers import ArgumentParser, UsageError, cli_main, made_by_hint, require_model
+from serving.helpers import (
+    ArgumentParser,
+    UsageError,
+    check_port_free,
+    cli_main,
+    made_by_hint,
+    require_model,
+)
 from serving.runtimes import RUNTIMES, load_backend
 
 
@@ -78,7 +86,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--concurrency", type=int, default=4, help="queue workers for the chat event")
     p.add_argument("--max-input-chars", type=int, default=limits.max_input_chars)
     p.add_argument("--max-new-tokens", type=int, default=limits.max_new_tokens,
-                   help="cap on the max-new-tokens setting")
+                   help="cap on the max-new-tokens setting (and the API's max_tokens)")
+    p.add_argument("--api-key", help=f"require this bearer key on /v1 (or set {api.KEY_ENV})")
     return p.parse_args(argv)
 
 
@@ -100,29 +109,19 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(str(err)) from None
     limits = Limits(max_input_chars=args.max_input_chars, max_new_tokens=args.max_new_tokens,
                     default_new_tokens=min(Limits().default_new_tokens, args.max_new_tokens))
-    demo = build_app(ChatService(backend, limits), args.model.resolve().name, args.concurrency)
-    try:
-        demo.launch(server_name=args.host, server_port=args.port, quiet=True, show_error=True,
-                    prevent_thread_lock=True, ssr_mode=False)
-    except OSError as err:  # the port was taken meanwhile, or the address is not ours
-        raise UsageError(f"cannot serve on {args.host}:{args.port}: {err}") from None
+    name = args.model.resolve().name
+    demo = build_app(ChatService(backend, limits), name, args.concurrency)
+    key = api_key_from(args.api_key)
+    app = api.build(api.ChatCompletions(backend, name, api.ApiLimits(
+        max_tokens=args.max_new_tokens,
+        default_tokens=min(api.ApiLimits.default_tokens, args.max_new_tokens))), key)
+    import gradio as gr
+
+    app = gr.mount_gradio_app(app, demo, path="/", ssr_mode=False)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"mlzero chat: {backend.name} running at http://{shown}:{args.port}", flush=True)
-    try:
-        demo.block_thread()
-    except KeyboardInterrupt:
-        demo.close()
-
-
-def check_port_free(host: str, port: int, retry: str) -> None:
-    """A one-line error now if the address is taken or not this machine's."""
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((host, port))
-    except OSError as err:
-        reason = "is already in use" if err.errno == 98 else f"cannot be used ({err.strerror})"
-        raise UsageError(f"{host}:{port} {reason}; pick another port; run: {retry}") from None
+    serve(app, args.host, args.port,
+          f"mlzero chat: {backend.name} running at http://{shown}:{args.port} "
+          f"(OpenAI API at /v1{', key required' if key else ''})")
 
 
 def _limit_threads(runtime: str) -> None:

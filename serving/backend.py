@@ -223,11 +223,12 @@ class ChatEncoder:
 
 
 class Backend:
-    """Shared by every runtime: tokenizer and chat template, stop tokens, a lock.
+    """Shared by every runtime: tokenizer and chat template, stop tokens, generation slots.
 
     Subclasses implement `_generate(prompt_ids, sampling, emit)`, which calls emit(Piece) for
     each piece of the reply (the last one with its finish_reason) and stops early when emit
-    returns False. It runs in a thread of its own (`in_thread`).
+    returns False. It runs in a thread of its own (`in_thread`), as many at once as `slots`
+    allows: one, unless the runtime batches concurrent requests itself.
     """
 
     runtime = "?"
@@ -249,7 +250,8 @@ class Backend:
                         self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
             if isinstance(i, int) and i >= 0 and i != self.tokenizer.unk_token_id
         }
-        self.lock = threading.Lock()  # one generation at a time per loaded model
+        # generations at once on this model: one, unless the runtime batches requests itself
+        self.slots = threading.BoundedSemaphore(1)
 
     @property
     def name(self) -> str:
@@ -268,7 +270,7 @@ class Backend:
         """The reply to a prompt as it is generated; the last piece has its finish_reason."""
 
         def produce(emit: Callable[[Piece], bool]) -> None:
-            with self.lock:
+            with self.slots:  # a runtime that batches requests has more than one
                 self._generate(prompt_ids, sampling, emit)
 
         return in_thread(produce)

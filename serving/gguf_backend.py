@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,11 @@ class GgufBackend(Backend):
     runtime = "gguf"
 
     def __init__(self, model_dir: str | Path, gguf_file: str | Path | None = None,
-                 n_threads: int | None = None, n_ctx: int = 0):
+                 n_threads: int | None = None, n_ctx: int = 0, parallel: int = 1):
         super().__init__(model_dir)
+        # llama.cpp's slots: `parallel` requests decoded together in one batch per step
+        # (continuous batching), each with its own context.
+        self.slots = threading.BoundedSemaphore(parallel)
         import xllamacpp as xl
 
         self.gguf_file = Path(gguf_file) if gguf_file else find_gguf(model_dir)
@@ -58,8 +62,8 @@ class GgufBackend(Backend):
         threads = n_threads or int(os.environ.get("MLZERO_GGUF_THREADS", "1"))
         p = xl.CommonParams()
         p.model.path = str(self.gguf_file)
-        p.n_ctx = n_ctx or min(self.context, 4096)
-        p.n_parallel = 1
+        p.n_ctx = (n_ctx or self.context) * parallel
+        p.n_parallel = parallel
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
         p.cache_type_k = xl.ggml_type.GGML_TYPE_F32
@@ -82,6 +86,10 @@ class GgufBackend(Backend):
     def name(self) -> str:
         return f"gguf:{self.model_dir.name}/{self.gguf_file.name}"
 
+    @property
+    def context(self) -> int:
+        return min(super().context, 4096)  # per slot: its KV cache is float32 (exact parity)
+
     def _request(self, prompt_ids: list[int], sampling: Sampling, **extra: Any) -> dict[str, Any]:
         return {"prompt": prompt_ids, "n_predict": sampling.max_new_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -96,6 +104,7 @@ class GgufBackend(Backend):
     def _generate(self, prompt_ids, sampling, emit):
         """Text pieces as llama.cpp produces them; it stops by itself at end-of-turn tokens."""
         failure: list[str] = []
+        count = [0]  # a chunk per generated token; the last one reports the exact count
 
         def on_chunk(chunk: dict[str, Any]) -> bool:  # True asks llama.cpp to stop
             if "error" in chunk:
@@ -105,9 +114,10 @@ class GgufBackend(Backend):
             finish = choice.get("finish_reason")
             if finish is not None:
                 finish = "length" if finish == "length" else "stop"
-                tokens = (chunk.get("usage") or {}).get("completion_tokens", 0)
+                tokens = (chunk.get("usage") or {}).get("completion_tokens", count[0])
                 return not emit(Piece(choice.get("text") or "", finish, tokens))
-            return not emit(Piece(choice.get("text") or ""))
+            count[0] += 1
+            return not emit(Piece(choice.get("text") or "", completion_tokens=count[0]))
 
         self.server.handle_completions(self._request(prompt_ids, sampling, stream=True), on_chunk)
         if failure:
@@ -123,6 +133,6 @@ class GgufBackend(Backend):
         """
         req = self._request(list(prompt_ids), Sampling(max_new_tokens), n_probs=n_probs,
                             logit_bias=[[int(i), False] for i in banned], cache_prompt=False)
-        with self.lock:
+        with self.slots:
             res = self._complete(req)
         return (res["choices"][0].get("logprobs") or {}).get("content") or []

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -258,6 +259,18 @@ class AtomicDir:
         _fsync_dir(self.final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def check_port_free(host: str, port: int, retry: str) -> None:
+    """A one-line error now if the address is taken or not this machine's."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            s.bind((host, port))
+    except OSError as err:
+        reason = "is already in use" if err.errno == 98 else f"cannot be used ({err.strerror})"
+        raise UsageError(f"{host}:{port} {reason}; pick another port; run: {retry}") from None
 
 
 # ---------------------------------------------------------------------------- model folders

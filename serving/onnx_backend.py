@@ -67,7 +67,7 @@ class OnnxBackend(TokenBackend):
         b = len(ids)
         out: list[list[int]] = [[] for _ in range(b)]
         done = np.zeros(b, bool)
-        with self.lock:
+        with self.slots:
             logits, cache = self.step(ids, mask, pos, self._empty_cache(b))
             next_pos = pos[:, -1:] + 1
             for _ in range(max_new_tokens):

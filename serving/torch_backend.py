@@ -48,7 +48,7 @@ class TorchBackend(TokenBackend):
         torch = self.torch
         ids, mask = self.batch_prompt(conversations)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        with self.lock, torch.inference_mode():
+        with self.slots, torch.inference_mode():
             out = self.model.generate(
                 input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                 max_new_tokens=max_new_tokens, do_sample=False,

@@ -37,7 +37,7 @@ class FakeChat:
 
 
 class FakeBackend(Backend):
-    """The real Backend contract (thread bridge, lock) over a runtime that streams a fixed
+    """The real Backend contract (thread bridge, slots) over a runtime that streams a fixed
     reply word by word; it records what it was asked and the threads it ran in."""
 
     runtime = "fake"
@@ -45,7 +45,7 @@ class FakeBackend(Backend):
     def __init__(self, reply="forty six"):
         self.model_dir = Path("fake-model")
         self.chat = FakeChat()
-        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(1)
         self.reply = reply
         self.calls = []
         self.threads = []
@@ -222,4 +222,4 @@ def test_closing_the_reply_early_stops_generation_and_frees_the_model():
     gen.close()
     time.sleep(0.5)
     assert len(backend.threads) < 1000
-    assert not backend.lock.locked()
+    assert backend.slots.acquire(blocking=False)  # the model is free again

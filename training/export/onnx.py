@@ -107,7 +107,7 @@ def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> 
                          f"{model_dir} --force")
     require_writable(out)
     model = load_checked(model_dir)
-    wrapper = DecoderWithCache(model)
+    wrapper = DecoderWithCache(model).eval()
     args = example_inputs(model.config)
     names_in, names_out = io_names(wrapper.n_layers)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
