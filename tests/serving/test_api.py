@@ -16,7 +16,6 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT
 from tests.serving.conftest import free_port, start_app, stop_app
 
 MESSAGES = [{"role": "user", "content": "What is 12 + 34?"}]
@@ -123,15 +122,16 @@ def test_usage_max_tokens_and_stop(server):
     assert cut.choices[0].finish_reason == "stop"
     streamed = c.chat.completions.create(model=model, messages=MESSAGES, temperature=0,
                                          max_tokens=24, stop=stop, stream=True)
-    assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == greedy[: greedy.index(stop)]
+    joined = "".join(ch.choices[0].delta.content or "" for ch in streamed)
+    assert joined == greedy[: greedy.index(stop)]
 
 
 def test_seeded_sampling_repeats(server):
     _, url, _ = server
     c, model = client(url), model_id(url)
     replies = {c.chat.completions.create(model=model, messages=MESSAGES, temperature=1.0,
-                                         top_p=0.9, seed=7, max_tokens=12).choices[0].message.content
-               for _ in range(2)}
+                                         top_p=0.9, seed=7, max_tokens=12)
+               .choices[0].message.content for _ in range(2)}
     assert len(replies) == 1
 
 
@@ -245,7 +245,9 @@ def test_llama_cpp_server_passes_the_same_stream_checks(llama_server):
 def test_where_llama_cpp_differs_ours_follows_the_spec(llama_server, api_model):
     """Recorded in docs/deploy.md. OpenAI's spec: an unknown model is 404, a role outside
     system/user/assistant (and the newer tool/developer) is 400, max_tokens must be >= 1."""
-    post = lambda body: httpx.post(f"{llama_server}/v1/chat/completions", json=body, timeout=60)  # noqa: E731
+    def post(body: dict) -> httpx.Response:
+        return httpx.post(f"{llama_server}/v1/chat/completions", json=body, timeout=60)
+
     assert post({"model": "no-such-model", "messages": MESSAGES, "max_tokens": 2}).status_code == 200
     assert post({"model": "x", "messages": [{"role": "robot", "content": "hi"}],
                  "max_tokens": 2}).status_code == 200
