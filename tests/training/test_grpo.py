@@ -40,8 +40,11 @@ def test_equals_trls_loss_and_gradient(tmp_path, loss_type, normalize):
                       loss_type=loss_type, epsilon=0.2, num_generations=4,
                       per_device_train_batch_size=4, max_completion_length=6, temperature=0.7,
                       report_to=[], logging_steps=1, gradient_checkpointing=False)
-    trainer = GRPOTrainer(model=str(tmp_path / "m"), reward_funcs=[lambda completions, **kw: [0.0] * len(
-        completions)], args=args, train_dataset=Dataset.from_list([{"prompt": "hi"}] * 4),
+    def no_reward(completions, **kw):
+        return [0.0] * len(completions)
+
+    trainer = GRPOTrainer(model=str(tmp_path / "m"), reward_funcs=[no_reward], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": "hi"}] * 4),
                           processing_class=tok)
     model = trainer.model
 
