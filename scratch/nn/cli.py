@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from scratch import helpers
+from scratch.nn import train
+from scratch.nn.train import DEFAULT_EPOCHS
 
 PROG = "python -m scratch.nn"
-TASKS = ("digits-mlp", "digits-cnn", "char-gpt", "mnist-mlp")
-DEFAULT_EPOCHS = {"digits-mlp": 20, "digits-cnn": 20, "char-gpt": 4, "mnist-mlp": 5}
+TASKS = tuple(DEFAULT_EPOCHS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--text {args.text}: no such file")
 
     from threadpoolctl import threadpool_limits
-
-    from scratch.nn import train  # after argument checks: --help and errors stay instant
 
     try:
         threadpool_limits(args.threads)

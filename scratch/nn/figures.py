@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threadpool_limits(1)
 
-    mlp = train.run_digits("mlp", 20, seed=0)
-    cnn = train.run_digits("cnn", 20, seed=0)
+    mlp = train.run_digits("mlp", seed=0)  # the CLI's default epochs and augmentation
+    cnn = train.run_digits("cnn", seed=0)
     text = default_text()
     gpt = train.run_char_gpt(args.gpt_epochs, seed=0, text=text)
 

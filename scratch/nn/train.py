@@ -65,10 +65,23 @@ def accuracy(model: Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512)
     return hits / len(x)
 
 
+def shift_images(images: np.ndarray, rng, side: int = 8) -> np.ndarray:
+    """Each flattened side x side image moved by a random (dy, dx) in {-1, 0, 1}^2, the pixels
+    moved in from outside blank (0)."""
+    n = len(images)
+    padded = np.zeros((n, side + 2, side + 2), dtype=images.dtype)
+    padded[:, 1:-1, 1:-1] = images.reshape(n, side, side)
+    dy, dx = rng.integers(0, 3, n), rng.integers(0, 3, n)
+    rows = (dy[:, None] + np.arange(side))[:, :, None]
+    cols = (dx[:, None] + np.arange(side))[:, None, :]
+    return padded[np.arange(n)[:, None, None], rows, cols].reshape(n, side * side)
+
+
 def fit_classifier(
-    model: Module, x, y, epochs: int, rng, batch_size=32, lr=2e-3, desc="train"
+    model: Module, x, y, epochs: int, rng, batch_size=32, lr=2e-3, desc="train", transform=None
 ) -> list[float]:
-    """AdamW with a cosine schedule; returns the loss of every step."""
+    """AdamW with a cosine schedule; returns the loss of every step. transform(xb, rng) -> xb,
+    when given, is applied to every mini-batch (augmentation)."""
     loader = DataLoader(x, y, batch_size, shuffle=True, rng=rng)
     optimizer = AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     total, losses = epochs * len(loader), []
@@ -76,6 +89,8 @@ def fit_classifier(
     with tqdm(total=total, desc=desc, unit="step", leave=False) as bar:
         for _ in range(epochs):
             for xb, yb in loader:
+                if transform is not None:
+                    xb = transform(xb, rng)
                 optimizer.lr = cosine_lr(len(losses), total, lr, warmup=len(loader) // 2)
                 loss = F.cross_entropy(model(Tensor(xb)), yb)
                 optimizer.zero_grad()
@@ -86,20 +101,47 @@ def fit_classifier(
     return losses
 
 
-def run_digits(kind: str, epochs: int = 20, seed: int = 0) -> dict:
-    """kind 'mlp' or 'cnn' on scikit-learn's digits."""
+# Passes over the data when none are given (char-gpt: 250-step rounds). The digits MLP trains
+# longer on shifted copies (see run_digits).
+DEFAULT_EPOCHS = {"digits-mlp": 30, "digits-cnn": 20, "char-gpt": 4, "mnist-mlp": 5}  # the tasks
+DIGITS_SHIFT = {"mlp": 0.3, "cnn": 0.0}
+
+
+def run_digits(kind: str, epochs: int | None = None, seed: int = 0,
+               shift: float | None = None) -> dict:
+    """kind 'mlp' or 'cnn' on scikit-learn's digits.
+
+    shift: the share of training images moved by one pixel in a random direction (up, down,
+    left, right or diagonally) each time they are drawn: augmentation, since writers place
+    strokes a pixel or so apart. Default: 0.3 for the MLP (it lifted the worst of five seeds from
+    97.2% to 98.3%; see docs/nn.md), 0 for the CNN, whose convolutions already share weights
+    across positions."""
+    epochs = DEFAULT_EPOCHS[f"digits-{kind}"] if epochs is None else epochs
+    shift = DIGITS_SHIFT[kind] if shift is None else shift
     rng = np.random.default_rng(seed)
     x_train, y_train, x_test, y_test = load_digits()
     # Standardise each pixel with training-set statistics (+0.1: border pixels are ~constant).
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 0.1
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    transform = None
+    if shift:  # shift the raw images, then standardise: pixels moved in stay blank
+
+        def transform(xb, rng):
+            moved = rng.random(len(xb)) < shift
+            xb = xb.copy()
+            xb[moved] = shift_images(xb[moved], rng)
+            return (xb - mean) / std
+
+    else:
+        x_train = (x_train - mean) / std
+    x_test = (x_test - mean) / std
     if kind == "cnn":
         x_train, x_test = x_train.reshape(-1, 1, 8, 8), x_test.reshape(-1, 1, 8, 8)
         model = digits_cnn(rng)
     else:  # wide and heavily dropped-out: 1,437 training images are few for 0.6M weights
         model = mlp(64, rng, hidden=(1024, 512), dropout=0.4)
     start = time.perf_counter()
-    losses = fit_classifier(model, x_train, y_train, epochs, rng, lr=3e-3, desc=f"digits-{kind}")
+    losses = fit_classifier(model, x_train, y_train, epochs, rng, lr=3e-3,
+                            desc=f"digits-{kind}", transform=transform)
     return {
         "task": f"digits-{kind}",
         "test_accuracy": accuracy(model, x_test, y_test),

@@ -275,6 +275,27 @@ def test_rnn_matches_pytorch_rnn():
     assert rel_err(rnn.input.bias.grad, t_rnn.bias_ih_l0.grad) <= 1e-9
 
 
+def test_shift_images_moves_every_image_by_at_most_one_pixel_in_all_nine_ways():
+    rng = np.random.default_rng(0)
+    images = np.zeros((900, 64), dtype=np.float32)
+    images[:, 3 * 8 + 4] = 1.0  # one lit pixel at row 3, column 4
+    moved = train.shift_images(images, rng).reshape(900, 8, 8)
+    assert moved.sum() == 900 and moved.max() == 1.0  # nothing lost inside the board
+    rows, cols = np.nonzero(moved)[1:]
+    offsets = set(zip((rows - 3).tolist(), (cols - 4).tolist(), strict=True))
+    assert offsets == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    edge = np.zeros((9, 64), dtype=np.float32)
+    edge[:, 0] = 1.0  # top-left corner: moved up or left it leaves the board
+    assert 0 < train.shift_images(edge, np.random.default_rng(1)).sum() < 9
+
+
+@pytest.mark.slow
+def test_digits_mlp_default_reaches_the_target_on_the_seed_that_missed_it():
+    """Seed 3 scored 97.21% (349/359) before the shift augmentation and 30 epochs."""
+    result = train.run_digits("mlp", seed=3)
+    assert result["test_accuracy"] >= 0.975
+
+
 def test_digits_cnn_learns_in_one_epoch():
     result = train.run_digits("cnn", epochs=1, seed=0)
     assert result["task"] == "digits-cnn"
