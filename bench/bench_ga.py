@@ -105,8 +105,9 @@ def compare(problem: str, generations: int, seeds: list[int]) -> None:
 
 
 def snake_target(seeds: list[int]) -> None:
-    """The default `--game snake` run per seed: evolved median on unseen episodes vs the best of
-    random search with the same evaluations, and the run's wall time."""
+    """The default `--game snake` run per seed (what `python -m scratch.ga --game snake --seed S`
+    does): evolved median on unseen episodes vs the best of random search with the same
+    evaluations, and the run's wall time."""
     ratios = []
     for seed in seeds:
         game = Snake()
@@ -120,7 +121,8 @@ def snake_target(seeds: list[int]) -> None:
             f"(training best {report['best_score']:.2f}), random-search best "
             f"{report['random_search_best']:.2f}: ratio {ratios[-1]:.1f}x"
         )
-    print(f"  median ratio over seeds {seeds}: {np.median(ratios):.1f}x")
+    print(f"  ratio over seeds {seeds}: median {np.median(ratios):.1f}x, worst {min(ratios):.1f}x "
+          "(target: >= 5x on every seed)")
 
 
 def main() -> None:
@@ -130,7 +132,7 @@ def main() -> None:
     seeds = [0] if args.quick else [0, 1, 2]
     compare("onemax", 5 if args.quick else 20, seeds)
     compare("rastrigin", 20 if args.quick else 100, seeds)
-    snake_target(seeds)
+    snake_target([0] if args.quick else [0, 1, 2, 3, 4])
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ class Policy:
         return parts
 
     @staticmethod
-    def act(params: list[np.ndarray], which: np.ndarray, inputs: np.ndarray) -> np.ndarray:
-        """Actions for a batch of agents: row i uses network which[i] on inputs[i]."""
-        w1, b1, w2, b2 = (p[which] for p in params)
+    def act(params: list[np.ndarray], inputs: np.ndarray) -> np.ndarray:
+        """Actions for a batch: row i of inputs goes through network i (params from unpack,
+        one network per row)."""
+        w1, b1, w2, b2 = params
         hidden = np.tanh(np.matmul(inputs[:, None, :], w1)[:, 0] + b1)
         return np.argmax(np.matmul(hidden[:, None, :], w2)[:, 0] + b2, axis=1)

@@ -57,14 +57,92 @@ def test_snake_population_is_simulated_independently_and_deterministically():
     assert (game.fitness(population) == together).all()
 
 
-def test_snake_features_point_at_the_food():
+def test_snake_features_point_at_the_food_and_see_the_body():
     game = Snake(size=10)
-    life = np.zeros((1, 100), dtype=np.int16)
+    stamps = game._empty_stamps(1)
     head, food = np.array([55]), np.array([58])  # food 3 cells to the right of the head
-    x = game._features(life, head, np.array([UP]), food, np.array([3]))
+    x = game._features(stamps, 0, head, np.array([UP]), food, np.array([3]))
     assert x[0, 6] == 0 and x[0, 7] > 0  # not ahead, to the right
-    x = game._features(life, head, np.array([RIGHT]), food, np.array([3]))
+    assert x[0, :3].tolist() == [0, 0, 0] and x[0, 3:6].tolist() == pytest.approx([0.5, 0.5, 0.4])
+    x = game._features(stamps, 0, head, np.array([RIGHT]), food, np.array([3]))
     assert x[0, 6] > 0 and x[0, 7] == 0  # now straight ahead
+    # A snake of length 4 at t = 10: head 55 (stamp 10), body 65, 66, 56 (stamps 9, 8, 7).
+    # Heading up, the cell to the right (56) is the tail: it moves away, so not an obstacle;
+    # below is behind. With length 5 the same cell is body (danger to the right).
+    for cell, stamp in [(55, 10), (65, 9), (66, 8), (56, 7)]:
+        stamps[0, cell] = stamp
+    x = game._features(stamps, 10, head, np.array([UP]), food, np.array([4]))
+    assert x[0, :3].tolist() == [0, 0, 0]
+    x = game._features(stamps, 10, head, np.array([UP]), food, np.array([5]))
+    assert x[0, :3].tolist() == [0, 0, 1] and x[0, 5] == 0
+
+
+def reference_snake(game: Snake, seed: int, moves: list) -> tuple[int, list[np.ndarray]]:
+    """The rules written plainly, the body as a list of cells (head first), for scripted moves
+    (None: keep the heading). Returns (food eaten, the frame before each move played)."""
+    s, cells = game.size, game.size * game.size
+    keys = np.random.default_rng(seed).random((cells, cells))
+    centre = (s // 2) * s + s // 2
+    body, heading, eaten, hungry = [centre, centre + s, centre + 2 * s], UP, 0, 0
+
+    def place_food():
+        free = np.ones(cells, dtype=bool)
+        free[body] = False
+        return int(np.argmax(np.where(free, keys[eaten % cells], -1.0)))
+
+    def frame():
+        grid = np.zeros(cells, dtype=np.uint8)
+        grid[body] = 4
+        grid[food] = FOOD
+        grid[body[0]] = HEAD
+        return grid.reshape(s, s)
+
+    food, frames = place_food(), []
+    for move in moves:
+        frames.append(frame())
+        if move is not None and move != (heading + 2) % 4:  # no reversing
+            heading = move
+        y, x = divmod(body[0], s)
+        y, x = y + [-1, 0, 1, 0][heading], x + [0, 1, 0, -1][heading]
+        if not (0 <= y < s and 0 <= x < s):
+            break
+        new = y * s + x
+        eats = new == food
+        rest = body if eats else body[:-1]  # the tail moves away unless the snake grows
+        body, hungry = [new, *rest], 0 if eats else hungry + 1
+        if new in rest or hungry >= game.hunger:
+            break
+        if eats:
+            eaten += 1
+            food = place_food()
+    return eaten, frames
+
+
+def test_snake_simulation_matches_a_plain_reference_on_scripted_games():
+    """Random moves (mostly short games) and a greedy food-chaser (eats, grows, and sooner or
+    later bites itself): the same frames before every move and the same score."""
+    game = Snake(size=6, episodes=1, hunger=40)
+    rng = np.random.default_rng(3)
+    bites = 0
+    for trial in range(100):
+        script = iter(rng.choice([UP, RIGHT, DOWN, LEFT, None], 200).tolist())
+        frames, given = [], []
+
+        def steer(frame, score, script=script, frames=frames, given=given, chase=trial % 2):
+            frames.append(frame)
+            move = next(script)
+            if chase:
+                (y, x), (fy, fx) = np.argwhere(frame == HEAD)[0], np.argwhere(frame == FOOD)[0]
+                move = (DOWN if fy > y else UP) if fy != y else (RIGHT if fx > x else LEFT)
+            given.append(move)
+            return move
+
+        scores, _ = game.simulate(np.zeros((1, game.genome.length)), [trial], steer=steer)
+        eaten, expected = reference_snake(game, trial, given)
+        assert scores[0, 0] == eaten and len(frames) == len(expected), trial
+        assert all((got == want).all() for got, want in zip(frames, expected, strict=True))
+        bites += trial % 2 and eaten >= 3
+    assert bites >= 15  # the chasers did grow, so eating and the tail rule were exercised
 
 
 def test_ga_beats_random_search_on_snake():
