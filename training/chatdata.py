@@ -11,9 +11,11 @@ becomes a control token). Only assistant tokens carry a loss: labels are -100 el
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from serving.backend import ChatEncoder
 from serving.helpers import UsageError, atomic_write_text
@@ -45,9 +47,19 @@ def repeats(ex: tasks.Example) -> int:
     return n * ONE_DIGIT_OPERAND_REPEATS if tasks.has_one_digit_operand(ex) else n
 
 
-def builtin_rows() -> list[dict]:
-    return [{"messages": ex.messages(), "task": ex.task}
-            for ex in tasks.train_examples() for _ in range(repeats(ex))]
+def builtin_rows(taught: tuple[str, ...] | list[str] = tasks.TAUGHT, turns: int = 1,
+                 seed: int = 0) -> list[dict]:
+    """The generated training conversations of the `taught` tasks. With turns > 1, questions
+    are dealt at random into conversations of that many turns: the chat template's fixed part
+    (a model's default system prompt can be 20 tokens) is then paid once per conversation, not
+    once per two-token answer, and every answer still carries a loss."""
+    rows = [{"messages": ex.messages(), "task": ex.task}
+            for ex in tasks.train_examples(taught) for _ in range(repeats(ex))]
+    if turns <= 1:
+        return rows
+    random.Random(f"{seed}-turns").shuffle(rows)
+    return [{"messages": [m for r in rows[i:i + turns] for m in r["messages"]], "task": "mixed"}
+            for i in range(0, len(rows), turns)]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -62,10 +74,12 @@ class Row:
     where: str
 
 
-def load_rows(spec: str, split: str = "train") -> list[Row]:
-    """Rows of a dataset given as 'builtin', a local file/folder, or a hub id."""
+def load_rows(spec: str, split: str = "train", **builtin: Any) -> list[Row]:
+    """Rows of a dataset given as 'builtin' (options: see builtin_rows), a local file or
+    folder, or a hub id."""
     if spec == BUILTIN:
-        return [Row(r["messages"], f"builtin row {i + 1}") for i, r in enumerate(builtin_rows())]
+        return [Row(r["messages"], f"builtin row {i + 1}")
+                for i, r in enumerate(builtin_rows(**builtin))]
     path = Path(spec)
     if path.is_file():
         if path.suffix in (".jsonl", ".json"):

@@ -79,9 +79,9 @@ def build_documents(max_pydoc_chars: int = 1_500_000,
     docs = pydoc_documents(max_pydoc_chars)
     block = 16  # facts per document, so a 128-token window holds several
     for task, repeats in (fact_repeats or DEFAULT_FACT_REPEATS).items():
-        if task not in tasks.TASKS:
+        if task not in tasks.TAUGHT:
             raise UsageError(f"unknown task {task!r} in fact_repeats; "
-                             f"tasks: {', '.join(tasks.TASKS)}")
+                             f"tasks: {', '.join(tasks.TAUGHT)}")
         for _ in range(repeats):
             lines = tasks.fact_lines(task)
             rng.shuffle(lines)

@@ -42,7 +42,7 @@ def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch:
                                             "content": ex.question}] for ex in chunk],
                                          max_new_tokens=max_new_tokens)
         for ex, reply in zip(chunk, replies):
-            ok = tasks.normalize_answer(reply) == tasks.normalize_answer(ex.answer)
+            ok = ex.correct(reply)
             correct[ex.task] += ok
             total[ex.task] += 1
             row = {"task": ex.task, "question": ex.question, "expected": ex.answer,

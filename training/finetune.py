@@ -12,12 +12,13 @@ loads alone, the tokenizer, eval.json (base vs fine-tuned), loss.png and a model
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from serving.backend import ChatEncoder, left_pad
 from serving.helpers import (
     ArgumentParser,
     UsageError,
@@ -27,7 +28,7 @@ from serving.helpers import (
     require_model,
     weights_fingerprint,
 )
-from training.chatdata import BUILTIN, IGNORE, encode_rows, load_rows, write_jsonl
+from training.chatdata import BUILTIN, IGNORE, Row, encode_rows, load_rows, write_jsonl
 from training.stage import (
     CHECKPOINT,
     Finish,
@@ -37,6 +38,7 @@ from training.stage import (
     looks_like_hub_id,
     require_positive,
 )
+from training.tasks import GENERAL_PROMPTS, TAUGHT
 from training.trainer import TrainConfig, start_run, train
 
 
@@ -47,6 +49,10 @@ class FinetuneSettings:
     base: str = ""  # the model to fine-tune: a local folder or a hub id (--base overrides)
     dataset: str = BUILTIN
     split: str = "train"
+    tasks: list = field(default_factory=lambda: list(TAUGHT))  # built-in tasks taught
+    turns: int = 1  # built-in questions per conversation (see chatdata.builtin_rows)
+    general_replay: int = 0  # times the base's own replies to everyday prompts are mixed in
+    replay_tokens: int = 64  # the longest of those replies
     steps: int = 1700
     batch_size: int = 64
     lr: float = 3e-3
@@ -55,6 +61,7 @@ class FinetuneSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: str = "all-linear"
+    lora_layers: list = field(default_factory=list)  # only these layer indices (empty: all)
     max_len: int = 256
     seed: int = 0
     checkpoint_every: int = 100
@@ -64,6 +71,12 @@ class FinetuneSettings:
         require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                          lora_r=self.lora_r, lora_alpha=self.lora_alpha, max_len=self.max_len,
                          eval_per_task=self.eval_per_task)
+        unknown = sorted(set(self.tasks) - set(TAUGHT))
+        if unknown or not self.tasks:
+            raise UsageError(f"finetune.tasks must be some of {', '.join(TAUGHT)}; "
+                             f"got {self.tasks}")
+        if self.turns < 1 or self.general_replay < 0 or self.replay_tokens < 1:
+            raise UsageError("turns and replay_tokens must be >= 1, general_replay >= 0")
         if not 0 <= self.lora_dropout < 1:
             raise UsageError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.warmup < 0 or self.checkpoint_every < 0:
@@ -100,12 +113,51 @@ def load_base(name: str, trust_remote_code: bool):
     return model, tok
 
 
+@torch.inference_mode()
+def self_distilled_rows(model, tok, prompts: list[str], max_new_tokens: int,
+                        batch: int = 16) -> list[Row]:
+    """The base model's own greedy replies to `prompts`, as training conversations. Mixed into
+    a fine-tune, they keep the model answering everyday requests the way it did before
+    ("self-distillation", a cheap guard against forgetting). A reply cut off at the length
+    limit ends at its last full sentence, so no conversation teaches stopping mid-sentence."""
+    chat = ChatEncoder(tok)
+    stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    rows = []
+    for i in range(0, len(prompts), batch):
+        part = prompts[i:i + batch]
+        ids, mask = left_pad([chat.encode([{"role": "user", "content": q}]).ids for q in part], pad)
+        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                             max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=sorted(t for t in stop if isinstance(t, int)),
+                             pad_token_id=pad)
+        for q, row in zip(part, out[:, ids.shape[1]:].tolist()):
+            cut = next((k for k, t in enumerate(row) if t in stop), None)
+            text = tok.decode(row[:cut], skip_special_tokens=True).strip()
+            if cut is None:  # cut off: keep whole sentences
+                text = text[: text.rfind(".") + 1] if "." in text else ""
+            if text:
+                rows.append(Row([{"role": "user", "content": q},
+                                 {"role": "assistant", "content": text}], f"replay of {q!r}"))
+    return rows
+
+
 def add_lora(model, s: FinetuneSettings):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                        target_modules=s.target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    targets = s.target_modules
+    if s.lora_layers and targets == "all-linear":  # PEFT wants the names to pick layers by
+        targets = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear) and "lm_head" not in name})
+    # Adapters on the upper layers only also end backpropagation there: the layers below
+    # need no gradients at all, so a step costs less.
+    try:
+        config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                            target_modules=targets, task_type="CAUSAL_LM",
+                            layers_to_transform=list(s.lora_layers) or None)
+        return get_peft_model(model, config)
+    except ValueError as err:  # a module or layer the model does not have
+        raise UsageError(f"LoRA settings do not fit this model: {first_line(err)}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,8 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     check_base(s.base)
     rank, world = start_run(out, s.seed)
 
-    rows = load_rows(s.dataset, s.split)
+    rows = load_rows(s.dataset, s.split, taught=s.tasks, turns=s.turns, seed=s.seed)
     model, tok = load_base(s.base, args.trust_remote_code)
+    if s.general_replay:
+        replay = self_distilled_rows(model, tok, GENERAL_PROMPTS, s.replay_tokens)
+        rows += replay * s.general_replay
+        if rank == 0:
+            print(f"mixed in the base model's own replies to {len(replay)} everyday prompts, "
+                  f"{s.general_replay}x")
     enc = encode_rows(tok, rows, s.max_len, args.bad_rows)
     torch.manual_seed(s.seed)
     model = add_lora(model, s)
@@ -201,8 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         model.merge_and_unload().save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)
         if s.dataset == BUILTIN:
-            write_jsonl(folder / "data" / "train.jsonl",
-                        [{"messages": r.messages} for r in rows])
+            write_jsonl(folder / "data" / "train.jsonl", [{"messages": r.messages} for r in rows])
 
     def evaluate(folder: Path) -> dict:
         if args.no_eval:

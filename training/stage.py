@@ -189,7 +189,8 @@ def finish_stage(out: Path, finish: Finish, checkpoint: Path | None = None) -> N
         evals = finish.evaluate(build) if finish.evaluate else {}
         if evals:
             atomic_write_json(build / "eval.json", evals)
-        plot_loss(finish.history, build / "loss.png", finish.title)
+        if finish.history:
+            plot_loss(finish.history, build / "loss.png", finish.title)
         atomic_write_text(build / "README.md", card_text(finish.title, finish.card(evals)))
         atomic_write_json(build / DONE_MARKER, {**finish.metrics, "history": finish.history})
         normal_modes(build)  # what save_pretrained wrote is private to its owner

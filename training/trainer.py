@@ -95,6 +95,36 @@ def _label_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+class LabelledLoss(torch.nn.Module):
+    """A causal LM's mean next-token loss over the labelled positions, with the output layer
+    computed only there.
+
+    A chat fine-tune labels only the answers — a few tokens in a conversation of a hundred —
+    but the model's own loss computes logits for every position: with SmolLM2's 49,152-word
+    vocabulary that is a [batch, tokens, 49152] float tensor and its gradient, most of a
+    step's memory traffic. Same loss, same gradients, a fraction of the work. Models without
+    the usual `model` + `lm_head` layout fall back to their own loss.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        body, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+        self.split = (body, head) if body is not None and head is not None else None
+
+    def forward(self, input_ids, labels, attention_mask=None) -> torch.Tensor:
+        if self.split is None:
+            return self.model(input_ids=input_ids, labels=labels,
+                              attention_mask=attention_mask).loss
+        body, head = self.split
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = head(hidden[:, :-1][keep])
+        return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 def backward_in_parts(net: torch.nn.Module, batches: list[dict[str, torch.Tensor]],
                       world: int = 1) -> torch.Tensor:
     """Backpropagate one batch given as micro-batches; returns the batch's mean loss.
@@ -103,7 +133,7 @@ def backward_in_parts(net: torch.nn.Module, batches: list[dict[str, torch.Tensor
     of all loss tokens makes the gradients add up to those of the whole batch at once.
     """
     if len(batches) == 1:
-        loss = net(**batches[0]).loss
+        loss = net(**batches[0])
         loss.backward()
         return loss.detach()
     counts = [_label_tokens(b) for b in batches]
@@ -112,7 +142,7 @@ def backward_in_parts(net: torch.nn.Module, batches: list[dict[str, torch.Tensor
         # data-parallel: average gradients across processes once, after the last part
         sync = nullcontext() if world == 1 or i == len(batches) - 1 else net.no_sync()
         with sync:
-            part = net(**b).loss * (count / sum(counts))
+            part = net(**b) * (count / sum(counts))
             part.backward()
         total += part.detach()
     return total
@@ -259,9 +289,9 @@ def train(
         check_resume(checkpoint_dir, settings or {})
         start = load_checkpoint(checkpoint_dir, model, opt, result)
         result.resumed_from = start
-    net = model
+    net = LabelledLoss(model)
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        net = torch.nn.parallel.DistributedDataParallel(net)
     model.train()
     local = cfg.batch_size // world
     t0 = time.perf_counter() - result.seconds

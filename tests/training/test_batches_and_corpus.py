@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from tests.conftest import ROOT
-from training.trainer import backward_in_parts, split_by_length
+from training.trainer import LabelledLoss, backward_in_parts, split_by_length
 
 
 def test_split_by_length_keeps_every_item_and_pads_less():
@@ -39,20 +39,41 @@ def _batch(rows: list[list[int]], loss_from: list[int]) -> dict[str, torch.Tenso
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def test_micro_batches_give_the_whole_batch_gradient():
+def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=2, max_position_embeddings=64))
-    rng = np.random.default_rng(1)
-    rows = [list(rng.integers(1, 50, n)) for n in (6, 7, 6, 5, 30, 28)]
-    loss_from = [3, 4, 3, 2, 5, 20]  # unequal loss tokens per row, as in chat data
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, max_position_embeddings=64))
+
+
+ROWS = [list(np.random.default_rng(1).integers(1, 50, n)) for n in (6, 7, 6, 5, 30, 28)]
+LOSS_FROM = [3, 4, 3, 2, 5, 20]  # unequal loss tokens per row, as in chat data
+
+
+def test_the_labelled_loss_is_the_models_own_loss_with_less_work():
+    model = _tiny_llama()
+    batch = _batch(ROWS, LOSS_FROM)
+    own = model(**batch).loss
+    own.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ours = LabelledLoss(model)(**batch)
+    ours.backward()
+    torch.testing.assert_close(ours, own)
+    for a, b in zip(want, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batches_give_the_whole_batch_gradient():
+    model = _tiny_llama()
+    net = LabelledLoss(model)
+    rows, loss_from = ROWS, LOSS_FROM
 
     def grads(batches):
         model.zero_grad()
-        loss = backward_in_parts(model, batches)
+        loss = backward_in_parts(net, batches)
         return float(loss), [p.grad.clone() for p in model.parameters()]
 
     whole_loss, whole = grads([_batch(rows, loss_from)])
@@ -75,3 +96,24 @@ def test_corpus_is_the_same_in_every_process_and_environment(tmp_path):
     digests = {subprocess.run([python, "-c", code], cwd=ROOT, env=env, capture_output=True,
                               text=True, check=True).stdout for python, env in runs}
     assert len(digests) == 1, digests
+
+
+def test_self_distilled_replies_end_at_a_whole_sentence():
+    from training.finetune import self_distilled_rows
+    from training.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["Paris is a city. It is big. Yes"] * 30, 300)
+
+    class Fake:
+        """Replies with fixed text: one stops at the end-of-turn token, one is cut off."""
+
+        def generate(self, input_ids, **kw):
+            texts = ["Paris is a city.<|im_end|>", "It is big. Yes it is big and"]
+            rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+            width = max(map(len, rows))
+            rows = [r + [tok.pad_token_id] * (width - len(r)) for r in rows]
+            return torch.cat([input_ids, torch.tensor(rows)], 1)
+
+    rows = self_distilled_rows(Fake(), tok, ["Where?", "Big?"], max_new_tokens=20)
+    assert [r.messages[1]["content"] for r in rows] == ["Paris is a city.", "It is big."]
+    assert rows[0].messages[0] == {"role": "user", "content": "Where?"}

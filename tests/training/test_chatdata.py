@@ -109,3 +109,30 @@ def test_sums_with_a_one_digit_operand_are_weighted():
     for ex in train:
         want = chatdata.ONE_DIGIT_OPERAND_REPEATS if ex in short else 1
         assert counts[ex.question] == want, ex
+
+
+def test_turns_deal_every_question_once_into_longer_conversations():
+    single = chatdata.builtin_rows(["addition", "glossary"])
+    packed = chatdata.builtin_rows(["addition", "glossary"], turns=8, seed=3)
+    assert {r["task"] for r in single} == {"addition", "glossary"}
+    assert len(packed) == -(-len(single) // 8)
+    assert all(len(r["messages"]) == 16 for r in packed[:-1])
+    flat = sorted(json.dumps(m) for r in packed for m in r["messages"])
+    assert flat == sorted(json.dumps(m) for r in single for m in r["messages"])
+    assert packed != chatdata.builtin_rows(["addition", "glossary"], turns=8, seed=4)
+
+
+def test_general_answers_are_scored_by_their_words():
+    ex = tasks.Example("general", "How many legs does a spider have?", "eight|8")
+    assert ex.correct("A spider has 8 legs.") and ex.correct("Eight.")
+    assert not ex.correct("A spider has 88 legs") and not ex.correct("weightless")
+    assert tasks.Example("addition", "What is 1 + 2?", "3").correct(" 3.")
+
+
+def test_sum3_is_a_held_out_task_not_taught_by_default():
+    train, held = tasks.sum3_examples()
+    assert len(train) + len(held) == 50 ** 3 and not {e.question for e in train} & {
+        e.question for e in held}
+    a, b, c = (int(x) for x in held[0].question[8:-1].split(" + "))
+    assert held[0].answer == str(a + b + c)
+    assert "sum3" not in tasks.TAUGHT and "sum3" in tasks.TASKS
