@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.backend import ChatEncoder, left_pad
 from serving.helpers import (
     ArgumentParser,
     UsageError,
@@ -29,6 +28,7 @@ from serving.helpers import (
     weights_fingerprint,
 )
 from training.chatdata import BUILTIN, IGNORE, Row, encode_rows, load_rows, write_jsonl
+from training.generate import answer
 from training.stage import (
     CHECKPOINT,
     Finish,
@@ -66,6 +66,8 @@ class FinetuneSettings:
     seed: int = 0
     checkpoint_every: int = 100
     eval_per_task: int = 200
+    curve_every: int = 0  # measure held-out accuracy every this many steps (0: only at the end)
+    curve_per_task: int = 100  # questions per taught task for each point of that curve
 
     def check(self) -> None:
         require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
@@ -113,33 +115,41 @@ def load_base(name: str, trust_remote_code: bool):
     return model, tok
 
 
-@torch.inference_mode()
-def self_distilled_rows(model, tok, prompts: list[str], max_new_tokens: int,
-                        batch: int = 16) -> list[Row]:
+def self_distilled_rows(model, tok, prompts: list[str], max_new_tokens: int) -> list[Row]:
     """The base model's own greedy replies to `prompts`, as training conversations. Mixed into
     a fine-tune, they keep the model answering everyday requests the way it did before
     ("self-distillation", a cheap guard against forgetting). A reply cut off at the length
     limit ends at its last full sentence, so no conversation teaches stopping mid-sentence."""
-    chat = ChatEncoder(tok)
-    stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     rows = []
-    for i in range(0, len(prompts), batch):
-        part = prompts[i:i + batch]
-        ids, mask = left_pad([chat.encode([{"role": "user", "content": q}]).ids for q in part], pad)
-        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                             max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=sorted(t for t in stop if isinstance(t, int)),
-                             pad_token_id=pad)
-        for q, row in zip(part, out[:, ids.shape[1]:].tolist()):
-            cut = next((k for k, t in enumerate(row) if t in stop), None)
-            text = tok.decode(row[:cut], skip_special_tokens=True).strip()
-            if cut is None:  # cut off: keep whole sentences
-                text = text[: text.rfind(".") + 1] if "." in text else ""
-            if text:
-                rows.append(Row([{"role": "user", "content": q},
-                                 {"role": "assistant", "content": text}], f"replay of {q!r}"))
+    for q, (reply,) in zip(prompts, answer(model, tok, prompts, 1, 0.0, max_new_tokens, batch=16)):
+        text = reply.text.strip()
+        if not reply.finished:  # cut off: keep whole sentences
+            text = text[: text.rfind(".") + 1] if "." in text else ""
+        if text:
+            rows.append(Row([{"role": "user", "content": q},
+                             {"role": "assistant", "content": text}], f"replay of {q!r}"))
     return rows
+
+
+def learning_curve(model, tok, s: FinetuneSettings, curve: list):
+    """An on_step callback: held-out greedy accuracy of the taught tasks every curve_every
+    steps (and at step 0's end), appended to `curve` as {"step", task: accuracy}."""
+    from training import tasks
+
+    held = [ex for ex in tasks.held_out_examples(s.curve_per_task, s.seed) if ex.task in s.tasks]
+
+    def measure(step: int) -> None:
+        if step % s.curve_every and step not in (1, s.steps):
+            return
+        replies = answer(model, tok, [ex.question for ex in held], max_new_tokens=32)
+        point: dict = {"step": step}
+        for task in s.tasks:
+            got = [ex.correct(r[0].text) for ex, r in zip(held, replies) if ex.task == task]
+            point[task] = round(sum(got) / max(1, len(got)), 4)
+        curve.append(point)
+        print(f"step {step}: " + ", ".join(f"{t} {point[t]:.1%}" for t in s.tasks), flush=True)
+
+    return measure
 
 
 def add_lora(model, s: FinetuneSettings):
@@ -231,8 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = out / CHECKPOINT
     settings = asdict(s)
     lengths = np.array([len(ids) for ids in enc.input_ids])  # short and long rows pad apart
+    curve: list[dict] = []
     result = train(model, get_batch, len(enc.input_ids), cfg, ckpt, resume=args.resume,
-                   desc="finetune", lengths=lengths, settings=settings)
+                   desc="finetune", lengths=lengths, settings=settings,
+                   on_step=learning_curve(model, tok, s, curve) if s.curve_every else None)
     if rank != 0:
         return
 
@@ -247,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "final_train_loss": result.history[-1][1],
+        "accuracy_over_steps": curve,
         "world_size": world,
         "rank_checksums": result.rank_checksums,
     }

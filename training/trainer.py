@@ -264,12 +264,14 @@ def train(
     save_extra: Callable[[Path], None] | None = None,
     lengths: np.ndarray | None = None,
     settings: dict | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place. `get_batch(indices)` turns item indices into model inputs;
     `save_extra(folder)` adds files of the caller's to every checkpoint. With `lengths`
     (tokens per item), each batch runs as short and long micro-batches whose losses are
     weighted by their loss tokens: the same gradient as the whole batch, with less padding.
     `settings` (the stage's) are stored in every checkpoint; a resume with others is refused.
+    `on_step(steps_done)` runs after every step (rank 0; e.g. an evaluation), off the clock.
     A non-finite loss or weight stops the run with one line, keeping the last good checkpoint."""
     rank, world = distributed()
     if cfg.batch_size % world:
@@ -319,6 +321,11 @@ def train(
             result.history.append((step, round(float(value), 5)))
             bar.set_postfix(loss=f"{float(value):.3f}", lr=f"{lr_at(step, cfg):.1e}")
         done = step + 1
+        if on_step is not None and rank == 0:
+            paused = time.perf_counter()
+            on_step(done)
+            model.train()
+            t0 += time.perf_counter() - paused  # measuring is not training time
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             result.seconds = time.perf_counter() - t0
             if rank == 0:

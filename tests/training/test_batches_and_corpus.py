@@ -104,7 +104,7 @@ def test_self_distilled_replies_end_at_a_whole_sentence():
 
     tok = train_tokenizer(["Paris is a city. It is big. Yes"] * 30, 300)
 
-    class Fake:
+    class Fake(torch.nn.Module):
         """Replies with fixed text: one stops at the end-of-turn token, one is cut off."""
 
         def generate(self, input_ids, **kw):
