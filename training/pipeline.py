@@ -1,11 +1,12 @@
 """Build a model folder from its recipe, every stage in order, reusing the ones still current.
 
-    python -m training.pipeline [--recipe tiny-chat] [--serve] [--backend gguf] [--force]
+    python -m training.pipeline [--recipe tiny-chat] [--rl] [--serve] [--backend gguf] [--force]
 
 A recipe is models/<name>/recipe.yaml. Its sections say how the folder is made — `pretrain`,
 `import_gguf`, or `finetune` / `rl` from a `base` folder (built first, by its own recipe) — and
 the pipeline adds what every chat model gets: ONNX and GGUF (f16, q8_0) exports, evaluation in
-every runtime serving knows, and with --serve the chat app. Each stage is its own command; this
+every runtime serving knows, and with --serve the chat app. --rl also builds the recipes whose
+`rl` stage starts from this one (models/tiny-rl for tiny-chat). Each stage is its own command; this
 module only decides which still need to run, from what each artifact records it was made from
 (the recipe's settings and the base's weights for a training stage, the weights' fingerprint
 for an export or an evaluation), not from whether a file exists.
@@ -90,25 +91,45 @@ def training_stages(folder: Path, seen: tuple[Path, ...] = ()) -> list[Stage]:
     return stages
 
 
-def plan(folder: Path, serve: bool, backend: str) -> list[Stage]:
-    stages = training_stages(folder)
+def rl_followers(folder: Path) -> list[Path]:
+    """Recipes whose `rl` stage starts from `folder`."""
+    return [r.parent for r in sorted(MODELS.glob(f"*/{RECIPE}"))
+            if read_recipe(r.parent, "rl").get("base")
+            and Path(read_recipe(r.parent, "rl")["base"]).resolve() == folder.resolve()]
+
+
+def plan(folder: Path, serve: bool, backend: str, rl: bool = False) -> list[Stage]:
+    stages = training_stages(folder) + artifact_stages(folder)
+    if rl:
+        followers = rl_followers(folder)
+        if not followers:
+            raise UsageError(f"no recipe in {MODELS} has an rl stage with base {folder}; "
+                             "see: models/tiny-rl/recipe.yaml")
+        for follower in followers:
+            stages += training_stages(follower)[-1:] + artifact_stages(follower)
+    if serve:
+        stages.append(Stage("serve", ["-m", "serving.app", "--model", str(folder), "--backend",
+                                      backend], None, folder))
+    return stages
+
+
+def artifact_stages(folder: Path) -> list[Stage]:
+    """Every export a runtime needs, then an evaluation in every runtime."""
+    stages = []
     for runtime in RUNTIMES:
         for script, extra, output in EXPORTS.get(runtime, []):
             out = folder / output.format(name=folder.name)
-            stages.append(Stage(f"export {out.relative_to(folder)}", [script, str(folder), *extra],
-                                out, folder))
+            stages.append(Stage(f"export {folder.name}/{out.relative_to(folder)}",
+                                [script, str(folder), *extra], out, folder))
     evals = [(rt, []) for rt in RUNTIMES] + [
         (key, ["--gguf", str(folder / path.format(name=folder.name))])
         for key, (_, path) in EXTRA_EVALS.items()]
     for key, extra in evals:
         runtime = EXTRA_EVALS.get(key, (key,))[0]
         out = folder / f"eval-{key}.json"
-        stages.append(Stage(f"evaluate {key}", ["-m", "training.evaluate", "--model", str(folder),
-                                               "--runtime", runtime, *extra, "--json", str(out)],
-                            out, folder))
-    if serve:
-        stages.append(Stage("serve", ["-m", "serving.app", "--model", str(folder), "--backend",
-                                      backend], None, folder))
+        stages.append(Stage(f"evaluate {folder.name} {key}",
+                            ["-m", "training.evaluate", "--model", str(folder), "--runtime",
+                             runtime, *extra, "--json", str(out)], out, folder))
     return stages
 
 
@@ -151,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m training.pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
                    help=f"models/<name>/recipe.yaml to build (default {DEFAULT_RECIPE})")
+    p.add_argument("--rl", action="store_true",
+                   help="also build the recipes whose rl stage starts from this one")
     p.add_argument("--serve", action="store_true", help="finish by starting the chat app")
     p.add_argument("--backend", default="gguf", choices=RUNTIMES,
                    help="runtime for the chat app (default gguf: the fastest)")
@@ -161,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = recipe_folder(args.recipe)
     fingerprint = Fingerprints()
     t0 = time.perf_counter()
-    for stage in plan(folder, args.serve, args.backend):
+    for stage in plan(folder, args.serve, args.backend, args.rl):
         if not args.force and is_current(stage, fingerprint):
             print(f"== {stage.name}: done already ({stage.output})")
             continue
