@@ -3,6 +3,7 @@ made from something else (weights, settings) — decided from the artifacts' rec
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -120,12 +121,12 @@ def test_rl_builds_the_recipes_that_start_from_this_one(fake_repo):
     (root / "models" / "tiny-rl").mkdir()
     (root / "models" / "tiny-rl" / "recipe.yaml").write_text(
         "rl:\n  base: models/tiny-chat\n  steps: 5\n")
-    plan = pipeline.plan(root / "models" / "tiny-chat", serve=False, backend="gguf", rl=True)
+    plan = pipeline.plan(Path("models/tiny-chat"), serve=False, backend="gguf", rl=True)
     names = [s.name for s in plan]
     assert names.index("finetune models/tiny-chat") < names.index("rl models/tiny-rl")
     assert "evaluate tiny-rl torch" in names and names.count("pretrain models/tiny-base") == 1
     with pytest.raises(UsageError, match="no recipe"):
-        pipeline.plan(root / "models" / "tiny-base", serve=False, backend="gguf", rl=True)
+        pipeline.plan(Path("models/tiny-base"), serve=False, backend="gguf", rl=True)
 
 
 def test_unknown_recipe_lists_the_known_ones(fake_repo):
