@@ -48,13 +48,19 @@ def repeats(ex: tasks.Example) -> int:
 
 
 def builtin_rows(taught: tuple[str, ...] | list[str] = tasks.TAUGHT, turns: int = 1,
-                 seed: int = 0) -> list[dict]:
-    """The generated training conversations of the `taught` tasks. With turns > 1, questions
-    are dealt at random into conversations of that many turns: the chat template's fixed part
-    (a model's default system prompt can be 20 tokens) is then paid once per conversation, not
-    once per two-token answer, and every answer still carries a loss."""
+                 seed: int = 0, limit: dict[str, int] | None = None) -> list[dict]:
+    """The generated training conversations of the `taught` tasks, at most `limit[task]`
+    questions of a task (a fixed random subset). With turns > 1, questions are dealt at random
+    into conversations of that many turns: the chat template's fixed part (a model's default
+    system prompt can be 20 tokens) is then paid once per conversation, not once per two-token
+    answer, and every answer still carries a loss."""
+    examples = tasks.train_examples(taught)
+    for task, n in (limit or {}).items():
+        mine = [ex for ex in examples if ex.task == task]
+        keep = set(random.Random(f"{seed}-{task}").sample(mine, min(n, len(mine))))
+        examples = [ex for ex in examples if ex.task != task or ex in keep]
     rows = [{"messages": ex.messages(), "task": ex.task}
-            for ex in tasks.train_examples(taught) for _ in range(repeats(ex))]
+            for ex in examples for _ in range(repeats(ex))]
     if turns <= 1:
         return rows
     random.Random(f"{seed}-turns").shuffle(rows)

@@ -38,7 +38,7 @@ from training.stage import (
     looks_like_hub_id,
     require_positive,
 )
-from training.tasks import GENERAL_PROMPTS, TAUGHT
+from training.tasks import GENERAL_PROMPTS, TASKS, TAUGHT
 from training.trainer import TrainConfig, start_run, train
 
 
@@ -50,6 +50,7 @@ class FinetuneSettings:
     dataset: str = BUILTIN
     split: str = "train"
     tasks: list = field(default_factory=lambda: list(TAUGHT))  # built-in tasks taught
+    task_limit: dict = field(default_factory=dict)  # at most this many questions of a task
     turns: int = 1  # built-in questions per conversation (see chatdata.builtin_rows)
     general_replay: int = 0  # times the base's own replies to everyday prompts are mixed in
     replay_tokens: int = 64  # the longest of those replies
@@ -73,9 +74,10 @@ class FinetuneSettings:
         require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                          lora_r=self.lora_r, lora_alpha=self.lora_alpha, max_len=self.max_len,
                          eval_per_task=self.eval_per_task)
-        unknown = sorted(set(self.tasks) - set(TAUGHT))
+        known = [t for t in TASKS if t != "general"]  # general's answers are the base's own
+        unknown = sorted(set(self.tasks) - set(known))
         if unknown or not self.tasks:
-            raise UsageError(f"finetune.tasks must be some of {', '.join(TAUGHT)}; "
+            raise UsageError(f"finetune.tasks must be some of {', '.join(known)}; "
                              f"got {self.tasks}")
         if self.turns < 1 or self.general_replay < 0 or self.replay_tokens < 1:
             raise UsageError("turns and replay_tokens must be >= 1, general_replay >= 0")
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     check_base(s.base)
     rank, world = start_run(out, s.seed)
 
-    rows = load_rows(s.dataset, s.split, taught=s.tasks, turns=s.turns, seed=s.seed)
+    rows = load_rows(s.dataset, s.split, taught=s.tasks, turns=s.turns, seed=s.seed,
+                     limit=s.task_limit)
     model, tok = load_base(s.base, args.trust_remote_code)
     if s.general_replay:
         replay = self_distilled_rows(model, tok, GENERAL_PROMPTS, s.replay_tokens)

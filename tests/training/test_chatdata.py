@@ -136,3 +136,12 @@ def test_sum3_is_a_held_out_task_not_taught_by_default():
     a, b, c = (int(x) for x in held[0].question[8:-1].split(" + "))
     assert held[0].answer == str(a + b + c)
     assert "sum3" not in tasks.TAUGHT and "sum3" in tasks.TASKS
+
+
+def test_a_task_limit_keeps_a_fixed_subset():
+    rows = chatdata.builtin_rows(["addition", "sum3"], limit={"sum3": 300}, seed=1)
+    sum3 = [r["messages"][0]["content"] for r in rows if r["task"] == "sum3"]
+    assert len(sum3) == 300 and len(set(sum3)) == 300
+    again = chatdata.builtin_rows(["addition", "sum3"], limit={"sum3": 300}, seed=1)
+    assert sum3 == [r["messages"][0]["content"] for r in again if r["task"] == "sum3"]
+    assert sum(r["task"] == "addition" for r in rows) > 9000  # other tasks untouched
