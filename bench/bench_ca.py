@@ -63,14 +63,15 @@ def bench_life(size: int = 2048) -> list[tuple[str, str, str]]:
     reference_rate = best_rate(lambda: step_reference(cells, LIFE, True), n_cells, repeats=2)
     threads = numba.config.NUMBA_NUM_THREADS
     g = 1e9
-    rows.append((f"Life {size}² torus, bit-packed numba ({threads} threads)",
-                 f"{numba_rate / g:.2f} G cell-updates/s", f"{numba_rate / scipy_rate:.0f}x convolve2d"))
-    rows.append((f"Life {size}² torus, bit-packed numba (1 thread)",
-                 f"{numba_one / g:.2f} G cell-updates/s", f"{numba_one / scipy_rate:.0f}x convolve2d"))
-    rows.append((f"Life {size}² torus, bit-packed numpy only", f"{numpy_rate / g:.2f} G cell-updates/s",
-                 f"{numpy_rate / scipy_rate:.0f}x convolve2d"))
-    rows.append((f"Life {size}² torus, reference (numpy int counts)",
-                 f"{reference_rate / g:.3f} G cell-updates/s", f"{reference_rate / scipy_rate:.1f}x convolve2d"))
+    for name, rate, digits in [
+        (f"bit-packed numba ({threads} threads)", numba_rate, 2),
+        ("bit-packed numba (1 thread)", numba_one, 2),
+        ("bit-packed numpy only", numpy_rate, 2),
+        ("reference (numpy int counts)", reference_rate, 3),
+    ]:
+        ratio = rate / scipy_rate
+        rows.append((f"Life {size}² torus, {name}", f"{rate / g:.{digits}f} G cell-updates/s",
+                     f"{ratio:.0f}x convolve2d" if ratio >= 2 else f"{ratio:.1f}x convolve2d"))
     rows.append((f"Life {size}² torus, scipy.signal.convolve2d (wrap)",
                  f"{scipy_rate / g:.3f} G cell-updates/s", "1x"))
     return rows
@@ -99,20 +100,59 @@ def bench_evoloop(size: int = 100) -> list[tuple[str, str, str]]:
              f"{theirs:,.1f} steps/s", "1x")]
 
 
-def bench_soup(n_programs: int = 1 << 17, epochs: int = 30) -> list[tuple[str, str, str]]:
-    from scratch.ca.soup import Soup
+def bench_soup(n_programs: int = 1 << 17, epochs: int = 512) -> list[tuple[str, str, str]]:
+    """What a user runs: `python -m scratch.soup --epochs 512 --json OUT` at the CLI's defaults
+    (2^17 programs, the default entropy schedule), from epoch 0, its own epochs/s. Then three
+    soups of the same seed advanced side by side in blocks of 16 epochs (so load from other
+    jobs hits all three alike): no entropy samples, the default samples, and the previous
+    default's (the whole soup through brotli every 4 epochs)."""
+    import json
+    import tempfile
 
-    soup = Soup(n_programs, seed=0)
-    soup.run_epoch()  # compile
+    from scratch.ca import soup as bff
+
+    bff.Soup(64, seed=0).run_epoch()  # compile (or load numba's cache) outside the timings
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "soup.json"
+        bff.main(["--epochs", str(epochs), "--json", str(out), "--top", "0"])
+        summary = json.loads(out.read_text())
+    cli_rate, samples = summary["epochs_per_second"], len(summary["entropy"])
+
+    every = bff.default_entropy_every(epochs)
+    variants = {  # name: (epochs between samples, how a sample is taken)
+        "alone": (0, None),
+        "default": (every, lambda soup: soup.measure()),
+        "previous": (4, lambda soup: bff.high_order_entropy(soup.programs)),
+    }
+    soups = {name: bff.Soup(n_programs, seed=0) for name in variants}
+    seconds = dict.fromkeys(variants, 0.0)
+    for _ in range(0, epochs, 16):
+        for name, (gap, measure) in variants.items():
+            soup, start = soups[name], time.perf_counter()
+            for _ in range(16):
+                soup.run_epoch()
+                if gap and soup.epoch % gap == 0:
+                    measure(soup)
+            seconds[name] += time.perf_counter() - start
+    rate = {name: epochs / seconds[name] for name in variants}
     start = time.perf_counter()
-    for _ in range(epochs):
-        soup.run_epoch()
-    rate = epochs / (time.perf_counter() - start)
+    soups["alone"].measure()
+    sample_ms = (time.perf_counter() - start) * 1000
     start = time.perf_counter()
-    soup.measure()
-    entropy_s = time.perf_counter() - start
-    return [(f"BFF soup, {n_programs} programs, before a transition", f"{rate:.1f} epochs/s",
-             f"16k epochs in {16384 / rate / 60:.1f} min; entropy sample {entropy_s * 1000:.0f} ms")]
+    bff.high_order_entropy(soups["alone"].programs)
+    whole_ms = (time.perf_counter() - start) * 1000
+    name = f"BFF soup, {n_programs} programs, epochs 0-{epochs}"
+    return [
+        (f"{name}: `python -m scratch.soup --epochs {epochs}` (defaults, {samples} entropy "
+         "samples)", f"**{cli_rate:.1f} epochs/s**", "what a user gets"),
+        (f"{name}, side by side: the soup alone", f"{rate['alone']:.1f} epochs/s", "1x"),
+        (f"{name}, side by side: default samples (every {every} epochs, 1 MiB of the soup)",
+         f"{rate['default']:.1f} epochs/s",
+         f"{rate['default'] / rate['alone']:.2f}x; one sample {sample_ms:.0f} ms"),
+        (f"{name}, side by side: previous default (whole soup every 4 epochs)",
+         f"{rate['previous']:.1f} epochs/s",
+         f"{rate['previous'] / rate['alone']:.2f}x; one sample {whole_ms:.0f} ms"),
+    ]
 
 
 def bench_transitions(seeds: int, n_programs: int = 1 << 17, max_epochs: int = 16384) -> list:

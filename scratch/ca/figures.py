@@ -54,7 +54,7 @@ def soup_plot(path: Path) -> None:
     natural transition needs thousands of epochs at 2^17 programs; see docs/ca.md)."""
     replicator = b"[[{.>]-]" + b"\x01" * 48 + b"]-]>.{[["
     soup = Soup(16384, seed=1)
-    soup.programs[:164] = np.frombuffer(replicator, dtype=np.uint8)
+    soup.write(slice(0, 164), np.frombuffer(replicator, dtype=np.uint8))
     soup.measure()
     for _ in range(80):
         soup.run_epoch()

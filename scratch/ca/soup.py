@@ -39,6 +39,12 @@ MUTATION_RATE = 1 / 4096
 # High-order entropy above this (bits per byte) means the soup has become structured; random
 # soups sit near 0 and post-transition soups well above 1 (the paper's figures reach ~3-6).
 TRANSITION_THRESHOLD = 1.0
+# The entropy is measured on at most this many programs (1 MiB), every k-th of the soup. brotli
+# needs ~160 ms for a whole 2^17-program soup (8 MiB) - more than ten epochs of the soup itself -
+# and ~10-20 ms for 1 MiB. Pairing is random every epoch, so a strided sample of 16384 programs
+# holds the same mix of replicators as the whole soup: on structured data the sample's value is
+# within ~0.01-0.3 bits/byte of the whole's, far from the transition threshold's margin.
+ENTROPY_SAMPLE_PROGRAMS = 1 << 14
 
 # Opcodes: a 256-entry table maps each byte to one small integer so the interpreter dispatches
 # on a dense range (0 = no-op).
@@ -95,8 +101,10 @@ def _mark(lo, hi, pos, value, opcode):
 
 
 @njit(cache=True)
-def _run_tape(tape, max_steps, opcode, snapshot):
-    """Run one 128-byte tape in place; return the number of executed positions (steps).
+def _run_tape(tape, lo, hi, max_steps, opcode, snapshot):
+    """Run one 128-byte tape in place; return (executed positions (steps), lo, hi), where lo
+    and hi are the instruction bitmaps of the tape's two halves (see below), given for the tape
+    as it starts and returned for the tape as it ends.
 
     Speed trick, exact: cycle detection. A run that has not halted is a deterministic walk
     through states (pc, head0, head1, tape). At taken `]` jumps we keep a snapshot of the state
@@ -107,7 +115,10 @@ def _run_tape(tape, max_steps, opcode, snapshot):
 
     Second trick: two 64-bit bitmaps mark which positions hold instructions (kept up to date on
     every write), so runs of no-op bytes are skipped in one step-count addition and bracket
-    scans hop from instruction to instruction.
+    scans hop from instruction to instruction. The soup keeps each program's bitmap between
+    epochs (the bitmaps a run ends with are its two programs' new ones), so a tape starts with
+    two loads instead of a 128-byte scan - most tapes of a young soup halt within a few steps,
+    and the scan was a third of an epoch.
     """
     pc = 0
     head0 = 0
@@ -122,10 +133,6 @@ def _run_tape(tape, max_steps, opcode, snapshot):
     jumps_since_snap = 0
     snap_interval = 1
     changed = False  # any byte changed value since the snapshot
-    lo = np.uint64(0)
-    hi = np.uint64(0)
-    for i in range(TAPE_SIZE):
-        lo, hi = _mark(lo, hi, i, tape[i], opcode)
     while steps < limit:
         op = opcode[tape[pc]]
         if op == NOOP:
@@ -179,7 +186,7 @@ def _run_tape(tape, max_steps, opcode, snapshot):
                         depth += 1
                     pos = _next_code(lo, hi, pos + 1)
                 if depth != 0:  # unmatched: halt
-                    return steps + 1
+                    return steps + 1, lo, hi
                 pc = pos
         else:  # CLOSE
             if tape[head0] != 0:
@@ -195,16 +202,16 @@ def _run_tape(tape, max_steps, opcode, snapshot):
                         depth += 1
                     pos = _prev_code(lo, hi, pos - 1)
                 if depth != 0:  # unmatched: halt
-                    return steps + 1
+                    return steps + 1, lo, hi
                 if detecting:
                     if (pc == snap_pc and head0 == snap_head0 and head1 == snap_head1
                             and (not changed or _same_tape(tape, snapshot, head0, head1))):
                         if not changed:  # a cycle that writes nothing: the tape is final
-                            return max_steps
+                            return max_steps, lo, hi
                         limit = steps + (max_steps - steps) % (steps - snap_steps)
                         detecting = False
                         if steps >= limit:
-                            return max_steps
+                            return max_steps, lo, hi
                     else:
                         jumps_since_snap += 1
                         if jumps_since_snap >= snap_interval:
@@ -217,7 +224,24 @@ def _run_tape(tape, max_steps, opcode, snapshot):
         pc += 1
         if pc >= TAPE_SIZE:
             break
-    return steps if detecting else max_steps
+    return (steps if detecting else max_steps), lo, hi
+
+
+@njit(cache=True)
+def _code_bitmap(program, opcode):
+    """Bit i set where program[i] (64 bytes) is an instruction."""
+    bits = np.uint64(0)
+    for i in range(PROGRAM_SIZE):
+        bits |= np.uint64(opcode[program[i]] != 0) << np.uint64(i)
+    return bits
+
+
+@njit(parallel=True, cache=True)
+def _code_bitmaps(programs, opcode):
+    out = np.empty(len(programs), dtype=np.uint64)
+    for p in prange(len(programs)):
+        out[p] = _code_bitmap(programs[p], opcode)
+    return out
 
 
 @njit(cache=True)
@@ -236,13 +260,15 @@ def run_tape(tape: bytes, max_steps: int = MAX_STEPS) -> tuple[bytes, int]:
     if len(tape) != TAPE_SIZE:
         raise ValueError(f"tape must be {TAPE_SIZE} bytes, got {len(tape)}")
     work = np.frombuffer(bytes(tape), dtype=np.uint8).copy()
-    steps = _run_tape(work, max_steps, OPCODE, np.empty(TAPE_SIZE, dtype=np.uint8))
+    lo, hi = _code_bitmaps(work.reshape(2, PROGRAM_SIZE), OPCODE)
+    steps, _, _ = _run_tape(work, lo, hi, max_steps, OPCODE, np.empty(TAPE_SIZE, dtype=np.uint8))
     return work.tobytes(), int(steps)
 
 
 @njit(parallel=True, cache=True)
-def _interact(programs, order, max_steps, opcode):
-    """Run every pair (order[2i], order[2i+1]) as one tape; returns total steps."""
+def _interact(programs, codes, order, max_steps, opcode):
+    """Run every pair (order[2i], order[2i+1]) as one tape; returns total steps. codes holds
+    each program's instruction bitmap and is kept up to date."""
     n_pairs = order.size // 2
     n_chunks = min(n_pairs, 256)  # one scratch tape per chunk, not per pair
     totals = np.zeros(n_chunks, dtype=np.int64)
@@ -252,11 +278,18 @@ def _interact(programs, order, max_steps, opcode):
         total = 0
         for pair in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
             a, b = order[2 * pair], order[2 * pair + 1]
-            tape[:PROGRAM_SIZE] = programs[a]
-            tape[PROGRAM_SIZE:] = programs[b]
-            total += _run_tape(tape, max_steps, opcode, snapshot)
-            programs[a] = tape[:PROGRAM_SIZE]
-            programs[b] = tape[PROGRAM_SIZE:]
+            # Byte loops, not slice assignment: numba's slice copies cost ~30x more here, and
+            # with most tapes of a young soup halting after a few steps, copying was most of
+            # an epoch.
+            for i in range(PROGRAM_SIZE):
+                tape[i] = programs[a, i]
+                tape[PROGRAM_SIZE + i] = programs[b, i]
+            steps, codes[a], codes[b] = _run_tape(tape, codes[a], codes[b], max_steps, opcode,
+                                                  snapshot)
+            total += steps
+            for i in range(PROGRAM_SIZE):
+                programs[a, i] = tape[i]
+                programs[b, i] = tape[PROGRAM_SIZE + i]
         totals[chunk] = total
     return totals.sum()
 
@@ -287,31 +320,60 @@ def show_program(program: bytes | np.ndarray) -> str:
 
 
 class Soup:
-    """A soup of programs with its random state, so a run can be saved and resumed exactly."""
+    """A soup of programs with its random state, so a run can be saved and resumed exactly.
+
+    `programs` is read-only: the soup keeps each program's instruction bitmap beside it, so
+    programs are changed through `write` (which updates both)."""
 
     def __init__(self, n_programs: int, seed: int, mutation_rate: float = MUTATION_RATE) -> None:
         if n_programs < 2 or n_programs % 2:
             raise ValueError("the number of programs must be even and >= 2")
         self.rng = np.random.Generator(np.random.PCG64(seed))
-        self.programs = self.rng.integers(0, 256, (n_programs, PROGRAM_SIZE), dtype=np.uint8)
+        self._set_programs(self.rng.integers(0, 256, (n_programs, PROGRAM_SIZE), dtype=np.uint8))
         self.mutation_rate = mutation_rate
         self.epoch = 0
         self.entropy: list[tuple[int, float]] = []
         self.total_steps = 0
 
+    def _set_programs(self, programs: np.ndarray) -> None:
+        self._programs = np.ascontiguousarray(programs, dtype=np.uint8)
+        self._codes = _code_bitmaps(self._programs, OPCODE)
+
+    @property
+    def programs(self) -> np.ndarray:
+        """The programs, (n, 64) bytes, as a read-only view."""
+        view = self._programs.view()
+        view.flags.writeable = False
+        return view
+
+    def write(self, rows, values) -> None:
+        """programs[rows] = values (rows: anything numpy indexes rows with)."""
+        self._programs[rows] = values
+        changed = np.atleast_1d(np.arange(len(self._programs))[rows])
+        self._codes[changed] = _code_bitmaps(self._programs[changed].reshape(-1, PROGRAM_SIZE),
+                                             OPCODE)
+
     def run_epoch(self) -> None:
         """Mutate, pair at random, interact (cubff mutates each tape just before running it;
         mutating the soup first is the same distribution)."""
-        flat = self.programs.reshape(-1)
+        flat = self._programs.reshape(-1)
         n_mutations = self.rng.binomial(flat.size, self.mutation_rate)
         where = self.rng.integers(0, flat.size, n_mutations)
         flat[where] = self.rng.integers(0, 256, n_mutations, dtype=np.uint8)
-        order = self.rng.permutation(len(self.programs)).astype(np.int64)
-        self.total_steps += int(_interact(self.programs, order, MAX_STEPS, OPCODE))
+        mutated = np.unique(where // PROGRAM_SIZE)
+        self._codes[mutated] = _code_bitmaps(self._programs[mutated], OPCODE)
+        order = self.rng.permutation(len(self._programs)).astype(np.int64)
+        self.total_steps += int(_interact(self._programs, self._codes, order, MAX_STEPS, OPCODE))
         self.epoch += 1
 
+    def entropy_sample(self) -> np.ndarray:
+        """The programs the entropy is measured on: all of them, or every k-th when there are
+        more than ENTROPY_SAMPLE_PROGRAMS."""
+        step = -(-len(self.programs) // ENTROPY_SAMPLE_PROGRAMS)
+        return self.programs[::step]
+
     def measure(self) -> float:
-        value = high_order_entropy(self.programs)
+        value = high_order_entropy(self.entropy_sample())
         self.entropy.append((self.epoch, value))
         return value
 
@@ -343,8 +405,10 @@ class Soup:
         with np.load(Path(path)) as data:
             programs = data["programs"]
             meta = json.loads(str(data["meta"]))
+        if programs.ndim != 2 or programs.shape[1] != PROGRAM_SIZE or len(programs) % 2:
+            raise ValueError(f"{path}: programs of shape {programs.shape}, expected (even n, 64)")
         soup = cls.__new__(cls)
-        soup.programs = np.ascontiguousarray(programs, dtype=np.uint8)
+        soup._set_programs(programs)
         soup.rng = np.random.Generator(np.random.PCG64())
         soup.rng.bit_generator.state = meta["rng"]
         soup.mutation_rate = meta["mutation_rate"]
@@ -384,6 +448,13 @@ def plot_entropy(soup: Soup, path: Path, title: str = "") -> None:
 PROG = "python -m scratch.soup"
 
 
+def default_entropy_every(epochs: int) -> int:
+    """Epochs between entropy samples: about 128 samples per run, but at least 16 epochs apart
+    (a sample, ~10-20 ms, then costs under ~5% of the soup's time at 2^17 programs) and at
+    most 128 (a transition takes hundreds of epochs to fill the soup, so none is missed)."""
+    return max(16, min(128, epochs // 128))
+
+
 def soup_bytes(n_programs: int) -> int:
     """Peak memory of a soup run: the programs (64 bytes each), the entropy sample's copy and
     brotli's work (~2x the sample), the pairing order (8 bytes each), top_programs' sort."""
@@ -400,8 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write the run summary here")
     parser.add_argument("--plot", type=Path, help="PNG of high-order entropy over epochs")
     parser.add_argument("--entropy-every", type=helpers.int_range(0), default=0,
-                        help="epochs between entropy samples (0: about 128 samples, at most "
-                        "every 128)")
+                        help="epochs between entropy samples (0: about 128 samples, from 16 "
+                        "to 128 epochs apart)")
     parser.add_argument("--save", type=Path, help="save the soup here at the end (resumable)")
     parser.add_argument("--resume", type=Path, help="continue a soup saved with --save")
     parser.add_argument("--seed-program", help="hex of a program to plant in 1%% of the soup")
@@ -428,12 +499,12 @@ def main(argv: list[str] | None = None) -> int:
             if len(program) != PROGRAM_SIZE:
                 raise ValueError(f"--seed-program must be {PROGRAM_SIZE} bytes "
                                  f"({2 * PROGRAM_SIZE} hex digits), got {len(program)}")
-            n = max(1, len(soup.programs) // 100)
-            soup.programs[:n] = np.frombuffer(program, dtype=np.uint8)
+            soup.write(slice(0, max(1, len(soup.programs) // 100)),
+                       np.frombuffer(program, dtype=np.uint8))
     except ValueError as error:
         raise helpers.UsageError(error) from None
 
-    every = args.entropy_every or max(1, min(128, args.epochs // 128))
+    every = args.entropy_every or default_entropy_every(args.epochs)
     if not soup.entropy:
         soup.measure()
     start_epoch, started = soup.epoch, time.perf_counter()

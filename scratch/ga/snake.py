@@ -24,6 +24,7 @@ DX = np.array([0, 1, 0, -1])
 N_FEATURES = 9
 EMPTY_STAMP = -(1 << 30)  # a cell never visited
 OFF_BOARD_STAMP = 1 << 30  # the cell past a board edge: always an obstacle
+LOOP_PERIOD = 16  # loops up to this many steps long are detected (see Snake._looping)
 
 
 class Snake:
@@ -120,11 +121,13 @@ class Snake:
         seeds: list[int],
         record: bool = False,
         steer: Callable[[np.ndarray, int], int | None] | None = None,
+        skip_loops: bool = True,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Scores (n_genomes, n_seeds); with record, the frames of game 0 (genome 0, seed 0).
 
         steer(frame, score) -> heading (0-3) or None (keep going) replaces the network for a
-        single game: that is how a human plays.
+        single game: that is how a human plays. skip_loops ends games caught in a loop at once
+        (the score is the same; see _looping); replays and human play always run to the end.
 
         The board is kept as stamps: stamps[g, cell] is the step at which game g's head last
         entered the cell. The snake is its last `length` head positions, so after t steps a
@@ -160,6 +163,9 @@ class Snake:
         scores = np.zeros(n_games)
         frames: list[np.ndarray] = []
         turns = np.array([3, 0, 1])
+        # Loop detection (see _looping): the last 2 * LOOP_PERIOD (cell, heading) states per game.
+        detect = skip_loops and steer is None and not record and self.hunger > 2 * LOOP_PERIOD
+        history = np.zeros((n_games, 2 * LOOP_PERIOD), dtype=np.int32) if detect else None
         while len(game):
             if record and game[0] == 0:
                 frames.append(self._frame(stamps[slot[0]], t, length[0], head[0], food[0]))
@@ -190,6 +196,11 @@ class Snake:
             head = new_head
             eaten = eaten + eats
             dead |= eats & (length >= cells)  # the board is full
+            if detect:
+                np.put(history, slot * (2 * LOOP_PERIOD) + t % (2 * LOOP_PERIOD),
+                       head * 4 + heading)
+                if t % 16 == 0:  # a game going round in a loop would starve: end it now
+                    dead |= self._looping(history, slot, t, length, hungry)
             if eats.any():
                 which = np.flatnonzero(eats & ~dead)
                 next_keys = keys[episode[which], eaten[which] % cells]
@@ -205,6 +216,38 @@ class Snake:
                 )
                 net = [p[keep] for p in net]
         return scores.reshape(len(genomes), len(seeds)), frames
+
+    @staticmethod
+    def _looping(history, slot, t, length, hungry) -> np.ndarray:
+        """Games that are in a loop: their last 2k states (head cell and heading) repeat with a
+        period k <= LOOP_PERIOD, no food was eaten in them, and the snake is no longer than k.
+        Then the state now equals the state k steps ago (the body is the last `length` head
+        positions, all inside the repeating part), the policy is deterministic and the food
+        has not moved, so the game repeats forever, never eats, and ends by hunger with the
+        score it has now. Ending it here gives the same score without simulating the rest:
+        random agents that spin in place are most of random search's games."""
+        width = history.shape[1]
+        looping = np.zeros(len(slot), dtype=bool)
+        candidates = np.flatnonzero(hungry >= width)
+        if len(candidates) == 0:
+            return looping
+        columns = (t + 1 + np.arange(width)) % width  # oldest to newest
+        states = history[slot[candidates][:, None], columns]
+        # A closed path on the grid that also restores the heading has an even length >= 4.
+        # First the cheap test (the state now was seen k steps ago), then the whole window.
+        periods = np.arange(4, LOOP_PERIOD + 1, 2)
+        maybe = (states[:, width - 1 - periods] == states[:, -1:]) & (
+            length[candidates, None] <= periods)
+        rows, which = np.nonzero(maybe)
+        if len(rows) == 0:
+            return looping
+        found = np.zeros(len(candidates), dtype=bool)
+        for k in np.unique(periods[which]):
+            at = rows[periods[which] == k]
+            recent, before = states[at, width - k :], states[at, width - 2 * k : width - k]
+            found[at[(recent == before).all(axis=1)]] = True
+        looping[candidates] = found
+        return looping
 
     @staticmethod
     def _place_food(stamps: np.ndarray, t: int, length: np.ndarray, keys: np.ndarray

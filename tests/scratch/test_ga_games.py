@@ -145,6 +145,52 @@ def test_snake_simulation_matches_a_plain_reference_on_scripted_games():
     assert bites >= 15  # the chasers did grow, so eating and the tail rule were exercised
 
 
+def test_ending_looping_snakes_early_changes_no_score(monkeypatch):
+    game = Snake()
+    rng = np.random.default_rng(5)
+    random_agents = game.genome.random(rng, 150)  # many of them spin in place until they starve
+    trained = evolve(game.genome, game.fitness,
+                     Settings(**{**game.settings, "generations": 4, "seed": 1})).population
+    ended = []
+    looping = Snake._looping
+
+    def counting(*args):
+        found = looping(*args)
+        ended.append(int(found.sum()))
+        return found
+
+    monkeypatch.setattr(Snake, "_looping", staticmethod(counting))
+    for population in (random_agents, trained):
+        ended.clear()
+        fast = game.simulate(population, game.episode_seeds[:6])[0]
+        assert sum(ended) > 20  # loops were found and those games ended early
+        full = game.simulate(population, game.episode_seeds[:6], skip_loops=False)[0]
+        assert (fast == full).all()
+
+
+def test_looping_needs_the_whole_window_to_repeat():
+    """Four games at t = 63 with 32 states of history (codes = cell * 4 + heading): a square
+    loop of 4 steps (state repeats, window repeats), the same but hungry only 20 steps, a
+    snake of length 17 (longer than any period checked: its body reaches back past the
+    window), and a path that comes back to the same state after 8 steps by a different way
+    round (not a loop)."""
+    square = [10 * 4 + 1, 11 * 4 + 2, 27 * 4 + 3, 26 * 4 + 0]  # right, down, left, up
+    looped = square * 8
+    detour = ([10 * 4 + 1, 11 * 4 + 1, 12 * 4 + 2, 28 * 4 + 3, 27 * 4 + 3, 26 * 4 + 0, 10 * 4 + 0,
+               -1 * 4 + 2] * 4)
+    detour[-8:] = [10 * 4 + 1, 11 * 4 + 2, 27 * 4 + 2, 43 * 4 + 3, 42 * 4 + 0, 26 * 4 + 0,
+                   10 * 4 + 1, 11 * 4 + 2]  # ends where it was 8 steps ago, different window
+    detour[-16] = detour[-8]
+    t, width = 63, 32
+    history = np.zeros((4, width), dtype=np.int32)
+    for row, states in enumerate([looped, looped, looped, detour]):
+        for age, state in enumerate(reversed(states)):  # age 0 = the newest, at column t % 32
+            history[row, (t - age) % width] = state
+    found = Snake._looping(history, np.arange(4), t, np.array([3, 3, 17, 3]),
+                           np.array([40, 20, 40, 40]))
+    assert found.tolist() == [True, False, False, False]
+
+
 def test_ga_beats_random_search_on_snake():
     game = Snake(size=10, episodes=4)
     settings = Settings(**{**game.settings, "population": 100, "generations": 30, "seed": 2})

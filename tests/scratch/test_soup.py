@@ -8,7 +8,18 @@ import sys
 import numpy as np
 import pytest
 
-from scratch.ca.soup import MAX_STEPS, Soup, high_order_entropy, run_tape, show_program
+from scratch.ca.soup import (
+    ENTROPY_SAMPLE_PROGRAMS,
+    MAX_STEPS,
+    OPCODE,
+    TRANSITION_THRESHOLD,
+    Soup,
+    _code_bitmaps,
+    default_entropy_every,
+    high_order_entropy,
+    run_tape,
+    show_program,
+)
 
 # A palindromic replicator: run first on a tape it copies itself, reversed, into the other half
 # ('{' walks head1 down from 127 while '>' walks head0 up from 0); being a palindrome, the
@@ -131,9 +142,25 @@ def test_epoch_matches_reference_pairing():
     assert (soup.programs == expected).all()
 
 
+def test_the_kept_instruction_bitmaps_match_the_programs_after_epochs_and_writes():
+    soup = Soup(2048, seed=4, mutation_rate=0.0)
+    soup.write(slice(0, 100), np.frombuffer(REPLICATOR, dtype=np.uint8))  # copies itself
+    soup.write(7, np.zeros(64, dtype=np.uint8))
+    assert (soup._codes == _code_bitmaps(soup.programs, OPCODE)).all()
+    before = soup.programs.copy()
+    soup.run_epoch()
+    assert (soup.programs != before).sum() > 1000  # the runs rewrote many bytes
+    soup.mutation_rate = 1 / 256  # and now many mutations per epoch
+    for _ in range(10):
+        soup.run_epoch()
+        assert (soup._codes == _code_bitmaps(soup.programs, OPCODE)).all()
+    with pytest.raises(ValueError):
+        soup.programs[0, 0] = 1  # read-only: changes go through write()
+
+
 def test_seeded_replicator_takes_over_and_is_detected():
     soup = Soup(4096, seed=3)
-    soup.programs[:41] = np.frombuffer(REPLICATOR, dtype=np.uint8)  # 1% of the soup
+    soup.write(slice(0, 41), np.frombuffer(REPLICATOR, dtype=np.uint8))  # 1% of the soup
     soup.measure()
     for _ in range(40):
         soup.run_epoch()
@@ -144,6 +171,29 @@ def test_seeded_replicator_takes_over_and_is_detected():
     top_program, count = soup.top_programs(1)[0]
     assert top_program == REPLICATOR and count > 100
     assert show_program(top_program).startswith("[[{.>]-]··")
+
+
+def test_a_big_soup_is_measured_on_a_strided_sample_that_agrees_with_the_whole():
+    small, big = Soup(4096, seed=0), Soup(4 * ENTROPY_SAMPLE_PROGRAMS, seed=0)
+    assert (small.entropy_sample() == small.programs).all()
+    sample = big.entropy_sample()
+    assert len(sample) == ENTROPY_SAMPLE_PROGRAMS and (sample == big.programs[::4]).all()
+    # Random, then a third, then two thirds of the soup copies of one replicator (at random
+    # places, as takeover leaves them), the rest random bytes: the sample tracks the whole.
+    rng = np.random.default_rng(1)
+    values = []
+    for share in (0.0, 1 / 3, 2 / 3):
+        big.write(rng.random(len(big.programs)) < share, np.frombuffer(REPLICATOR, np.uint8))
+        whole, measured = high_order_entropy(big.programs), big.measure()
+        assert abs(whole - measured) < 0.3, (share, whole, measured)
+        values.append(measured)
+    assert values[0] < 0.1 < TRANSITION_THRESHOLD < values[1] < values[2]
+    assert big.transition_epoch == 0  # the entropy log has the sample's values
+
+
+def test_default_entropy_schedule_is_16_to_128_epochs_apart():
+    assert [default_entropy_every(e) for e in (1, 512, 2048, 4096, 16384, 10**6)] == [
+        16, 16, 16, 32, 128, 128]
 
 
 def test_high_order_entropy_separates_noise_from_structure():
@@ -191,6 +241,10 @@ def test_cli_json_schema_plot_and_resume(tmp_path):
                   "--entropy-every", "2")
     assert result.returncode == 0, result.stderr
     assert [e for e, _ in json.loads(out.read_text())["entropy"]] == [0, 2, 4, 6, 8, 10]
+    result = _cli("--epochs", "40", "--json", str(out), "--resume", str(saved))  # the default
+    assert result.returncode == 0, result.stderr
+    epochs = [e for e, _ in json.loads(out.read_text())["entropy"]]
+    assert epochs == [0, 2, 4, 6, 8, 16, 32, 40]  # resumed at epoch 8 again
 
 
 def test_cli_bad_input(tmp_path):
