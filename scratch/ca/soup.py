@@ -420,7 +420,7 @@ class Soup:
 
 def plot_entropy(soup: Soup, path: Path, title: str = "") -> None:
     """High-order entropy over epochs, with the transition marked."""
-    import matplotlib
+    import matplotlib  # ~1.5 s to import: only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

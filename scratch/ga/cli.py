@@ -10,6 +10,8 @@ from scratch import helpers
 from scratch.ga.engine import Settings, evolve, random_search
 from scratch.ga.games import GAMES, make
 from scratch.ga.operators import CROSSOVERS, SELECTIONS
+from scratch.ga.play import play_coins, play_snake
+from scratch.ga.render import play_in_terminal, save_gif, save_plot
 
 PROG = "python -m scratch.ga"
 FRESH_EPISODES = 51  # held-out episodes for the evolved agent's median score
@@ -88,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{PROG} --list-games",
         )
     if args.play:
-        from scratch.ga.play import play_coins, play_snake
-
         (play_snake if args.game == "snake" else play_coins)(game)
         return 0
 
@@ -124,12 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         helpers.write_json(args.json, report)
     if args.plot:
-        from scratch.ga.render import save_plot
-
         save_plot(result.history, curve, args.plot, f"{game.name}: GA vs random search")
     if args.gif or args.show:
-        from scratch.ga.render import play_in_terminal, save_gif
-
         frames = game.frames(result.best_genome)
         border = args.game == "snake"
         if args.gif:

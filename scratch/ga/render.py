@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from scratch import helpers
 
@@ -41,8 +42,6 @@ def save_gif(
     frames: Sequence[np.ndarray], path: str, border: bool, cell: int = 16, ms: int = 80
 ) -> None:
     """Write the replay as an animated GIF, atomically."""
-    from PIL import Image
-
     pad = 1 if border else 0
     images = []
     for grid in frames:
@@ -60,7 +59,7 @@ def save_plot(
 ) -> None:
     """Best and mean fitness per generation, with random search's best-so-far at the same
     number of evaluations (x axis: evaluations, so both use the same budget scale)."""
-    import matplotlib
+    import matplotlib  # ~1.5 s to import: only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from scratch import helpers
 from scratch.nn import train
 from scratch.nn.train import DEFAULT_EPOCHS
@@ -47,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("mnist-mlp needs --data DIR (a folder with MNIST's IDX files)")
     if args.text is not None and not args.text.is_file():
         parser.error(f"--text {args.text}: no such file")
-
-    from threadpoolctl import threadpool_limits
 
     try:
         threadpool_limits(args.threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import pydoc
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0):
     The split does not depend on the training seed, so seeds vary only the model.
     Returns x_train (N, 64), y_train, x_test, y_test.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # seconds to import: only here
 
     digits = sk_load_digits()
     x = (digits.data / 16.0).astype(np.float32)
@@ -113,8 +114,6 @@ DEFAULT_TEXT_MODULES = ("json", "collections", "functools", "itertools", "pathli
 
 def default_text() -> str:
     """A small local corpus: the plain-text pydoc pages of a few standard-library modules."""
-    import importlib
-
     pages = [
         pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
         for name in DEFAULT_TEXT_MODULES
