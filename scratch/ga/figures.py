@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from scratch import helpers
+from scratch.ga import coins, snake
 from scratch.ga.cli import run
 from scratch.ga.engine import Settings
 from scratch.ga.games import make
@@ -16,6 +19,33 @@ from scratch.ga.render import save_gif, save_plot
 
 PROG = "python -m scratch.ga.figures"
 MAX_FRAMES = 300  # keeps a long snake replay's GIF small
+# Colour keys of the replays (cell codes of coins.py and snake.py).
+KEYS = {"coins": [(coins.WALL, "wall"), (coins.COIN, "coin"), (coins.AGENT, "agent"),
+                  (coins.TRAIL, "path walked")],
+        "snake": [(snake.HEAD, "head"), (snake.BODY, "body"), (snake.FOOD, "food"),
+                  (snake.WALL, "edge: leaving the board ends the game")]}
+
+
+def coins_captions(frames: list[np.ndarray]) -> list[str]:
+    """The score so far: coins collected (the coins no longer on the board)."""
+    total = int((frames[0] == coins.COIN).sum())
+    return [f"step {t}: {total - int((f == coins.COIN).sum())} of {total} coins"
+            for t, f in enumerate(frames)]
+
+
+def snake_captions(frames: list[np.ndarray]) -> list[str]:
+    """The score so far: food eaten (each time the food moves, it was eaten)."""
+    eaten, out, food = 0, [], None
+    for t, f in enumerate(frames):
+        where = tuple(np.argwhere(f == snake.FOOD).ravel())
+        if food is not None and where != food:
+            eaten += 1
+        food = where
+        out.append(f"step {t}: {eaten} food eaten")
+    return out
+
+
+CAPTIONS = {"coins": coins_captions, "snake": snake_captions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         save_plot(result.history, curve, os.path.join(args.out, f"ga_{name}_fitness.png"), title)
         frames = game.frames(result.best_genome)[:MAX_FRAMES]
         cell = 16 if name == "coins" else 12
-        save_gif(frames, os.path.join(args.out, f"ga_{name}_replay.gif"), name == "snake", cell)
+        save_gif(frames, os.path.join(args.out, f"ga_{name}_replay.gif"), name == "snake", cell,
+                 captions=CAPTIONS[name](frames), legend=KEYS[name])
         print(
             f"{name}: best {report['best_score']:.3g}, "
             f"random search {report['random_search_best']:.3g}"

@@ -1,7 +1,8 @@
 """python -m scratch.nn.figures [--out DIR] — the figures of docs/nn.md (default docs/figures/).
 
-Trains the three runs briefly (about a minute on 2 cores) and writes:
-  nn_loss_curves.png   training loss per step: digits MLP, digits CNN, char-GPT
+Trains the three runs as the CLI does (a few minutes on one core) and writes:
+  nn_loss_curves.png   training loss per step: digits MLP, digits CNN, char-GPT (1,000 steps,
+                       with its validation loss)
   nn_conv_filters.png  the CNN's 16 learned first-layer 3x3 filters
   nn_attention.png     where each head of the GPT's first block looks, on a line of text
 """
@@ -48,6 +49,7 @@ def attention_maps(model: GPT, idx: np.ndarray) -> np.ndarray:
 
 
 PROG = "python -m scratch.nn.figures"
+ATTENTION_LINE = "def items(self):"  # short enough that every character's tick is readable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,30 +57,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "figures"
     )
-    parser.add_argument("--gpt-epochs", type=helpers.int_range(1), default=2)
+    parser.add_argument("--gpt-epochs", type=helpers.int_range(1), default=4,
+                        help=f"char-GPT epochs of {train.STEPS_PER_EPOCH} steps (the CLI's 4)")
     args = parser.parse_args(argv)
     threadpool_limits(1)
 
     mlp = train.run_digits("mlp", seed=0)  # the CLI's default epochs and augmentation
     cnn = train.run_digits("cnn", seed=0)
     text = default_text()
-    gpt = train.run_char_gpt(args.gpt_epochs, seed=0, text=text)
+    gpt = train.run_char_gpt(args.gpt_epochs, seed=0, text=text, val_every=50)
 
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, run in zip(axes, (mlp, cnn, gpt), strict=True):
         ax.plot(run["history"], alpha=0.3, lw=0.6, color="tab:blue")
-        ax.plot(
-            np.arange(19, 19 + len(smooth(run["history"]))),
-            smooth(run["history"]),
-            color="tab:blue",
-        )
-        note = (
-            f"test acc {run['test_accuracy']:.3f}"
-            if run["test_accuracy"]
-            else f"val loss {run['val_loss']:.2f}"
-        )
-        ax.set(title=f"{run['task']} ({note})", xlabel="step", yscale="log")
-    axes[0].set_ylabel("cross-entropy loss")
+        smoothed = smooth(run["history"])
+        x = np.arange(19, 19 + len(smoothed))
+        ax.plot(x, smoothed, color="tab:blue", label="training (mean of 20 steps)")
+        ax.annotate(f"{smoothed[-1]:.3f}", (x[-1], smoothed[-1]), xytext=(-4, 12),
+                    textcoords="offset points", ha="right", color="tab:blue")
+        if run.get("val_history"):
+            steps, values = zip(*run["val_history"], strict=True)
+            ax.plot(steps, values, "o-", ms=3, color="tab:orange",
+                    label="validation (text never trained on)")
+            ax.annotate(f"{values[-1]:.3f}", (steps[-1], values[-1]), xytext=(-4, 8),
+                        textcoords="offset points", ha="right", color="tab:orange")
+        if run["test_accuracy"]:
+            note = (f"test accuracy {100 * run['test_accuracy']:.1f}% "
+                    f"({round(run['test_accuracy'] * 359)}/359)")
+        else:
+            note = f"{len(run['history']):,} steps, validation loss {run['val_loss']:.3f}"
+        ax.set(title=f"{run['task']}\n{note}", xlabel="step", yscale="log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_ylabel("cross-entropy loss (log scale)")
     fig.tight_layout()
     helpers.save_figure(fig, args.out / "nn_loss_curves.png", dpi=80)
     plt.close(fig)
@@ -94,16 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     plt.close(fig)
 
     data = CharDataset(text)
-    line = "def update(self, other): return self.items"[: gpt["model"].block_size]
+    line = ATTENTION_LINE[: gpt["model"].block_size]
     maps = attention_maps(gpt["model"], data.encode(line)[None])
-    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4))
+    shown = [c if c != " " else "␣" for c in line]
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 5.0))
     for head, (ax, m) in enumerate(zip(axes, maps, strict=True)):
-        ax.imshow(m, cmap="viridis")
-        ax.set_xticks(range(len(line)), list(line), fontsize=5, family="monospace")
-        ax.set_yticks(range(len(line)), list(line), fontsize=5, family="monospace")
-        ax.set_title(f"head {head}", fontsize=9)
-    fig.suptitle("char-GPT block 1: row = query position, column = position attended to")
-    fig.tight_layout()
+        image = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(line)), shown, fontsize=9, family="monospace")
+        ax.set_yticks(range(len(line)), shown, fontsize=9, family="monospace")
+        ax.tick_params(length=0)
+        ax.set_xlabel("attended-to character (key)")
+        focus = m[np.arange(len(line)), np.arange(len(line))].mean()
+        prev = np.mean([m[i, i - 1] for i in range(1, len(line))])
+        ax.set_title(f"head {head}: mean weight on itself {focus:.2f}, on the previous "
+                     f"character {prev:.2f}", fontsize=9)
+    axes[0].set_ylabel("query character (each row sums to 1)")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    fig.suptitle("char-GPT block 1 on a line of Python: row = the character that looks, "
+                 "column = where it looks (only at itself and earlier characters)")
     helpers.save_figure(fig, args.out / "nn_attention.png", dpi=80)
     plt.close(fig)
     print("\n".join(str(p) for p in sorted(args.out.glob("nn_*.png"))))

@@ -191,7 +191,11 @@ def estimate_loss(
     return float(np.mean(losses))
 
 
-def run_char_gpt(epochs: int = 4, seed: int = 0, text: str | None = None, lr: float = 3e-3) -> dict:
+def run_char_gpt(epochs: int = 4, seed: int = 0, text: str | None = None, lr: float = 3e-3,
+                 val_every: int = 0) -> dict:
+    """val_every > 0: also estimate the validation loss every that many steps (and after the
+    last), as `val_history` [(steps done, loss)]; it draws from its own random generator, so the
+    training run is the same either way."""
     rng = np.random.default_rng(seed)
     data = CharDataset(text if text is not None else default_text())
     cfg = GPT_CONFIG
@@ -200,8 +204,11 @@ def run_char_gpt(epochs: int = 4, seed: int = 0, text: str | None = None, lr: fl
     )
     optimizer = AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
     total = epochs * STEPS_PER_EPOCH
-    losses, start = [], time.perf_counter()
+    losses, val_history, start = [], [], time.perf_counter()
     for step in tqdm(range(total), desc="char-gpt", unit="step", leave=False):
+        if val_every and step % val_every == 0:
+            val_rng = np.random.default_rng(1234)  # the same batches at every point
+            val_history.append((step, estimate_loss(model, data, "val", val_rng)))
         x, y = data.batch("train", cfg["batch_size"], cfg["block_size"], rng)
         optimizer.lr = cosine_lr(step, total, lr, warmup=min(100, total // 10))
         loss = F.cross_entropy(model(x), y)
@@ -220,6 +227,7 @@ def run_char_gpt(epochs: int = 4, seed: int = 0, text: str | None = None, lr: fl
         "final_loss": float(np.mean(losses[-STEPS_PER_EPOCH // 5 :])),
         "seconds": seconds,
         "val_loss": val_loss,
+        "val_history": val_history + [(total, val_loss)] if val_every else [],
         "sample": sample,
         "history": losses,
         "model": model,
