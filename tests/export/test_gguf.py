@@ -191,7 +191,7 @@ def test_cli_errors_are_one_line(chat_copy, tmp_path):
     assert "--force" in fails(str(chat_copy), "--outtype", "q8_0")
     run_cli("scripts/export_gguf.py", str(chat_copy), "--outtype", "q8_0", "--force")
 
-    assert "not a directory" in fails(str(tmp_path / "missing"))
+    assert "does not exist" in fails(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     assert "not a model folder" in fails(str(tmp_path / "empty"))
     gpt2 = tmp_path / "gpt2"

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from serving.backend import Sampling
 from serving.gguf_backend import GgufBackend
 from serving.helpers import UsageError
 from tests.export.test_gguf import torch_greedy
@@ -91,7 +92,7 @@ def test_text_tokenizes_and_runs_like_transformers(random_tinyllama, exports, re
     for text in TEXTS:
         ids = tok(text)["input_ids"]
         want, logprobs = torch_greedy(model, ids, N_NEW, banned)
-        res = backend._complete(backend._request(text, N_NEW, 0.0, 0, n_probs=3, cache_prompt=False,
+        res = backend._complete(backend._request(text, Sampling(N_NEW), n_probs=3, cache_prompt=False,
                                                  logit_bias=[[i, False] for i in banned]))
         assert res["usage"]["prompt_tokens"] == len(ids), text
         entries = res["choices"][0]["logprobs"]["content"]

@@ -62,7 +62,11 @@ def ollama_messages(messages: list[dict[str, str]], default_system: str | None) 
 
 
 def _renderer(tokenizer):
+    # llama.cpp and Ollama add BOS when tokenizing exactly when the tokenizer does; then a
+    # template's literal BOS is dropped. (SmolLM2's bos is <|im_start|>, which it never adds.)
     bos = tokenizer.bos_token or ""
+    if bos and tokenizer("x")["input_ids"][:1] != [tokenizer.bos_token_id]:
+        bos = ""
 
     def render(messages: list[dict[str, str]], generation: bool = False) -> str:
         try:
@@ -71,7 +75,6 @@ def _renderer(tokenizer):
         except Exception as err:  # jinja raises its own exceptions for unsupported turns
             roles = [m["role"] for m in messages]
             raise UsageError(f"chat template cannot render {roles}: {err}") from None
-        # llama.cpp and Ollama add BOS when tokenizing; a template's literal BOS is dropped.
         return text[len(bos):] if bos and text.startswith(bos) else text
 
     return render
