@@ -24,7 +24,7 @@ from typing import Any
 
 from serving.helpers import ArgumentParser, UsageError, cli_main, weights_fingerprint
 from serving.runtimes import RUNTIMES
-from training.stage import DONE_MARKER, RECIPE, read_recipe
+from training.stage import CHECKPOINT, DONE_MARKER, RECIPE, read_recipe
 
 MODELS = Path("models")
 DEFAULT_RECIPE = "tiny-chat"
@@ -168,6 +168,20 @@ def is_current(stage: Stage, fingerprint: Fingerprints) -> bool:
     return made_from.get("weights") == fingerprint(stage.folder)
 
 
+def can_resume(stage: Stage) -> bool:
+    """An interrupted training stage continues from its checkpoint when the checkpoint was made
+    with the recipe's settings (a changed recipe starts over, as the stage itself would ask)."""
+    state = stage.folder / CHECKPOINT / "state.json"
+    if "settings" not in stage.expect or not state.is_file():
+        return False
+    try:
+        saved = json.loads(state.read_text(encoding="utf-8")).get("settings") or {}
+    except (OSError, ValueError):
+        return False
+    wanted = json.loads(json.dumps(stage.expect["settings"], default=str))
+    return all(saved.get(k) == v for k, v in wanted.items())
+
+
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m training.pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
@@ -188,9 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         if not args.force and is_current(stage, fingerprint):
             print(f"== {stage.name}: done already ({stage.output})")
             continue
-        print(f"== {stage.name}: python {' '.join(stage.argv)}  [{time.perf_counter() - t0:.0f}s]",
+        argv = stage.argv + (["--resume"] if not args.force and can_resume(stage) else [])
+        print(f"== {stage.name}: python {' '.join(argv)}  [{time.perf_counter() - t0:.0f}s]",
               flush=True)
-        if subprocess.run([sys.executable, *stage.argv]).returncode != 0:
+        if subprocess.run([sys.executable, *argv]).returncode != 0:
             raise UsageError(f"stage '{stage.name}' failed; fix it and re-run "
                              f"python -m training.pipeline --recipe {args.recipe} "
                              "(finished stages are kept)")

@@ -136,3 +136,24 @@ def test_unknown_recipe_lists_the_known_ones(fake_repo):
 
 def test_every_runtime_has_its_export():
     assert set(pipeline.EXPORTS) | {"torch"} == set(RUNTIMES)
+
+
+def test_an_interrupted_stage_resumes_from_its_checkpoint_unless_the_recipe_changed(fake_repo):
+    root, ran = fake_repo
+    ckpt = root / "models/tiny-base/checkpoint"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"step": 10, "settings": {"steps": 30,
+                                                                          "lr": 0.002}}))
+    pipeline.main([])
+    assert ran[0][:2] == ["-m", "training.pretrain"] and ran[0][-1] == "--resume"
+    assert "--resume" not in ran[1]  # tiny-chat has no checkpoint
+    ran.clear()
+    (ckpt / "state.json").write_text(json.dumps({"step": 10, "settings": {"steps": 99}}))
+    (root / "models/tiny-base/metrics.json").unlink()  # interrupted again, other recipe
+    pipeline.main([])
+    assert ran[0][:2] == ["-m", "training.pretrain"] and "--resume" not in ran[0]
+    ran.clear()
+    (ckpt / "state.json").write_text(json.dumps({"step": 10, "settings": {"steps": 30}}))
+    (root / "models/tiny-base/metrics.json").unlink()
+    pipeline.main(["--force"])  # --force redoes everything from scratch
+    assert "--resume" not in ran[0]
