@@ -283,6 +283,13 @@ def main(argv: list[str] | None = None) -> None:
         trainer = dpo_trainer(s, s.base, pairs, ckpt, callbacks)
     resume = bool(args.resume and any(ckpt.glob("checkpoint-*")))
     trainer.train(resume_from_checkpoint=resume or None)
+    # The adapter alone, kept before merging: merge_and_unload removes it from the model.
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    adapter = {k: v.detach().clone().contiguous()
+               for k, v in get_peft_model_state_dict(trainer.model).items()}
+    adapter_config = trainer.model.peft_config["default"]
     merged = trainer.model.merge_and_unload().eval()
     after = measure(merged, tok, held, s)
     seconds = round(time.perf_counter() - t0, 1)
@@ -293,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
               "before": before, "after": after, "accuracy_over_steps": curve}
 
     def save(folder: Path) -> None:
-        trainer.model.save_pretrained(folder / "adapter")
+        adapter_config.save_pretrained(folder / "adapter")  # PEFT format, as finetune writes
+        save_file(adapter, folder / "adapter" / "adapter_model.safetensors", {"format": "pt"})
         merged.save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)
         atomic_write_json(folder / "rl.json", report)
