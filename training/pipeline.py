@@ -91,11 +91,25 @@ def training_stages(folder: Path, seen: tuple[Path, ...] = ()) -> list[Stage]:
     return stages
 
 
+def base_chain(folder: Path) -> list[Path]:
+    """The folders `folder` is built from, nearest first (each base that has a recipe)."""
+    chain: list[Path] = []
+    while True:
+        settings = next((read_recipe(folder, s) for s, _ in TRAINING
+                         if read_recipe(folder, s)), {})
+        base = settings.get("base")
+        if not base or not (Path(base) / RECIPE).is_file() or Path(base) in chain:
+            return chain
+        folder = Path(base)
+        chain.append(folder)
+
+
 def rl_followers(folder: Path) -> list[Path]:
-    """Recipes whose `rl` stage starts from `folder`."""
+    """Recipes with an `rl` stage built on `folder`, directly or through other recipes (e.g.
+    tiny-rl starts from tiny-sum3, a fine-tune of tiny-chat)."""
     return [r.parent for r in sorted(MODELS.glob(f"*/{RECIPE}"))
             if read_recipe(r.parent, "rl").get("base")
-            and Path(read_recipe(r.parent, "rl")["base"]).resolve() == folder.resolve()]
+            and folder.resolve() in {p.resolve() for p in base_chain(r.parent)}]
 
 
 def plan(folder: Path, serve: bool, backend: str, rl: bool = False) -> list[Stage]:
@@ -105,8 +119,10 @@ def plan(folder: Path, serve: bool, backend: str, rl: bool = False) -> list[Stag
         if not followers:
             raise UsageError(f"no recipe in {MODELS} has an rl stage with base {folder}; "
                              "see: models/tiny-rl/recipe.yaml")
-        for follower in followers:
-            stages += training_stages(follower)[-1:] + artifact_stages(follower)
+        for follower in followers:  # its own stages, after those of the target
+            planned = {stage.name for stage in stages}
+            stages += [stage for stage in training_stages(follower) if stage.name not in planned]
+            stages += artifact_stages(follower)
     if serve:
         stages.append(Stage("serve", ["-m", "serving.app", "--model", str(folder), "--backend",
                                       backend], None, folder))

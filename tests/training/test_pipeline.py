@@ -125,8 +125,24 @@ def test_rl_builds_the_recipes_that_start_from_this_one(fake_repo):
     names = [s.name for s in plan]
     assert names.index("finetune models/tiny-chat") < names.index("rl models/tiny-rl")
     assert "evaluate tiny-rl torch" in names and names.count("pretrain models/tiny-base") == 1
+    (root / "models" / "other").mkdir()
+    (root / "models" / "other" / "recipe.yaml").write_text(BASE_RECIPE)
     with pytest.raises(UsageError, match="no recipe"):
-        pipeline.plan(Path("models/tiny-base"), serve=False, backend="gguf", rl=True)
+        pipeline.plan(Path("models/other"), serve=False, backend="gguf", rl=True)
+
+
+def test_rl_builds_a_follower_through_an_intermediate_recipe(fake_repo):
+    root = fake_repo[0]
+    for name, text in (("tiny-sum3", "finetune:\n  base: models/tiny-chat\n  steps: 5\n"),
+                       ("tiny-rl", "rl:\n  base: models/tiny-sum3\n  steps: 5\n")):
+        (root / "models" / name).mkdir()
+        (root / "models" / name / "recipe.yaml").write_text(text)
+    names = [s.name for s in pipeline.plan(Path("models/tiny-chat"), serve=False,
+                                           backend="gguf", rl=True)]
+    order = ["pretrain models/tiny-base", "finetune models/tiny-chat",
+             "finetune models/tiny-sum3", "rl models/tiny-rl"]
+    assert [n for n in names if n in order] == order  # each once, in order
+    assert "evaluate tiny-rl torch" in names and "evaluate tiny-sum3 torch" not in names
 
 
 def test_unknown_recipe_lists_the_known_ones(fake_repo):
