@@ -15,6 +15,7 @@ The atomic writer. Every file a scratch command writes goes through `atomic_open
 is fsynced, and replaces the target with `os.replace`, so a reader never sees half a file and an
 interrupted run leaves the old file intact. The file gets the mode a plain `open(path, "w")`
 would give (0o666 minus the umask, so 0644 under umask 022), not mkstemp's private 0600.
+`write_folder` does the same for a whole folder of files (a model folder).
 
 Memory checks. `check_memory(nbytes, what)` refuses a request that cannot fit before anything
 is allocated, saying how much it would need, instead of a MemoryError traceback or minutes of
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -183,6 +185,43 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
 def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 1) -> Path:
     """JSON with a trailing newline."""
     return write_text(path, json.dumps(payload, indent=indent) + "\n")
+
+
+def write_folder(path: str | os.PathLike, files: dict[str, bytes | str]) -> Path:
+    """A whole folder of files (name -> bytes, or text as UTF-8), replacing `path` as one unit:
+    built in a hidden staging folder beside it, each file through the atomic writer, then moved
+    into place by a rename, so a reader sees the old folder or the new one, never a mix. An
+    older folder at `path` is replaced whole, with anything else it held (derived files would
+    be stale). The folder gets the mode a plain mkdir would."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(20, "exists and is not a folder", str(path))
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = None
+    try:
+        os.chmod(stage, 0o777 & ~current_umask())
+        for name, data in files.items():
+            if isinstance(data, str):
+                write_text(stage / name, data)
+            else:
+                write_bytes(stage / name, data)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent)) / "folder"
+            os.replace(path, old)
+        try:
+            os.replace(stage, path)
+        except OSError:
+            if old is not None:  # put the old folder back
+                os.replace(old, path)
+                old = None
+            raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    _fsync_folder(path.parent)
+    return path
 
 
 def save_npz(path: str | os.PathLike, compressed: bool = False, **arrays: np.ndarray) -> Path:

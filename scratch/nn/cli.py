@@ -1,4 +1,5 @@
-"""python -m scratch.nn --task digits-mlp|digits-cnn|char-gpt [--epochs N] [--seed S] --json OUT"""
+"""python -m scratch.nn --task digits-mlp|digits-cnn|char-gpt [--epochs N] [--seed S] --json OUT
+python -m scratch.nn --task llama-chat --out models/scratch-chat [--steps N] --json OUT"""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from scratch import helpers
-from scratch.nn import train
+from scratch.nn import llama_chat, train
 from scratch.nn.train import DEFAULT_EPOCHS
 
 PROG = "python -m scratch.nn"
-TASKS = tuple(DEFAULT_EPOCHS)
+TASKS = (*DEFAULT_EPOCHS, "llama-chat")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,31 @@ def main(argv: list[str] | None = None) -> int:
         "core stalls multi-threaded BLAS)",
     )
     parser.add_argument("--save", type=Path, help="write the trained weights (.npz)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="llama-chat: the model folder to write (a Hugging Face LlamaForCausalLM folder)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=helpers.int_range(1),
+        help=f"llama-chat: training steps (default {llama_chat.DEFAULTS['steps']})",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=helpers.int_range(0),
+        default=0,
+        help="llama-chat: also measure held-out accuracy on 400 questions every N steps "
+        "(off the clock), reported as `curve`",
+    )
     args = parser.parse_args(argv)
+    if args.task == "llama-chat":
+        return run_llama_chat(parser, args)
+    for flag in ("out", "steps"):
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag} is for --task llama-chat only")
+    if args.eval_every:
+        parser.error("--eval-every is for --task llama-chat only")
 
     epochs = DEFAULT_EPOCHS[args.task] if args.epochs is None else args.epochs
     if args.task == "mnist-mlp" and args.data is None:
@@ -71,6 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     if "sample" in result:
         print(result["sample"])
     print(json.dumps({k: v for k, v in result.items() if k != "sample"}))
+    if args.json:
+        helpers.write_json(args.json, result, indent=2)
+    return 0
+
+
+def run_llama_chat(parser, args) -> int:
+    if args.out is None:
+        parser.error("llama-chat needs --out DIR (e.g. --out models/scratch-chat)")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: exists and is not a folder")
+    for flag in ("epochs", "text", "data", "save"):
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag} does not apply to llama-chat")
+    threadpool_limits(args.threads)
+    settings = {} if args.steps is None else {"steps": args.steps}
+    try:
+        result = llama_chat.run(args.out, settings, args.seed, args.eval_every)
+    except ValueError as error:
+        raise helpers.UsageError(error) from None
+    print(json.dumps({k: result[k] for k in ("test_accuracy", "seconds", "parameters")}))
+    print(f"wrote {args.out}; next: python scripts/export_gguf.py {args.out}")
     if args.json:
         helpers.write_json(args.json, result, indent=2)
     return 0

@@ -289,3 +289,153 @@ def max_pool2d(x: Tensor, size: int = 2) -> Tensor:
         x.add_grad(g_x)
 
     return Tensor.from_op(out, (x,), backward)
+
+
+# ---------------------------------------------------------------- the Llama family's ops
+#
+# Each op below has a plain-numpy kernel (`*_np`, used as is by the KV-cache generation loop
+# in llama.py, which needs no gradients) and a Tensor op with a hand-written backward.
+
+
+def rms_norm_np(x: np.ndarray, weight: np.ndarray, eps: float) -> tuple[np.ndarray, ...]:
+    """(out, normed, inv_rms): out = weight * x / sqrt(mean(x^2) + eps) over the last axis."""
+    inv_rms = 1.0 / np.sqrt(sum_last(x * x) / x.shape[-1] + eps)
+    normed = x * inv_rms
+    return normed * weight, normed, inv_rms
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """RMSNorm (Zhang & Sennrich 2019): layer norm without the mean and the bias. Only the
+    scale of the activations is normalised, which is all that keeps a deep stack stable, for
+    one reduction instead of two."""
+    dim = x.shape[-1]
+    out, normed, inv_rms = rms_norm_np(x.data, weight.data, eps)
+
+    def backward(g):
+        if weight.requires_grad:
+            weight.add_grad(sum_rows((g * normed).reshape(-1, dim)))
+        if x.requires_grad:
+            # dx = inv_rms * (g' - normed * mean(g' * normed)), g' = g * weight
+            g_w = g * weight.data
+            dx = normed * (sum_last(g_w * normed) / dim)
+            np.subtract(g_w, dx, out=dx)
+            dx *= inv_rms
+            x.add_grad(dx)
+
+    return Tensor.from_op(out, (x, weight), backward)
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float = 10000.0,
+                dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (len(positions), head_dim) of rotary position embeddings, in the
+    "rotate half" layout of Hugging Face's Llama: dimension i pairs with i + head_dim / 2 and
+    both turn by the angle position * theta^(-2i / head_dim)."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.asarray(positions, np.float64)[:, None] * inv_freq[None]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def rope_np(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate each pair (x_i, x_{i+d/2}) of the last axis by its angle: x cos + rotate_half(x)
+    sin, rotate_half(x) = (-x2, x1). x (..., T, d); cos, sin (T, d)."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half] -= x[..., half:] * sin[:, :half]
+    out[..., half:] += x[..., :half] * sin[:, half:]
+    return out
+
+
+def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
+    """Rotary position embedding (Su et al. 2021) of x (..., T, d). A rotation's transpose is
+    the rotation by minus the angle, so the gradient is rope with -sin."""
+    return Tensor.from_op(rope_np(x.data, cos, sin), (x,),
+                          lambda g: x.add_grad(rope_np(g, cos, -sin)))
+
+
+def silu_np(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(silu(a), sigmoid(a)); silu(a) = a * sigmoid(a), sigmoid in tanh form (never overflows)."""
+    sig = np.tanh(a * 0.5)
+    sig += 1
+    sig *= 0.5
+    return a * sig, sig
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """silu(gate) * up, the gated feed-forward unit of Llama (Shazeer 2020), as one node."""
+    act, sig = silu_np(gate.data)
+
+    def backward(g):
+        if up.requires_grad:
+            up.add_grad(g * act)
+        if gate.requires_grad:
+            # d silu / d a = sig * (1 + a * (1 - sig))
+            slope = 1 - sig
+            slope *= gate.data
+            slope += 1
+            slope *= sig
+            slope *= up.data
+            slope *= g
+            gate.add_grad(slope)
+
+    return Tensor.from_op(act * up.data, (gate, up), backward)
+
+
+def split_heads(x: np.ndarray, n_kv: int, group: int) -> np.ndarray:
+    """(B, T, n_kv * group * d) -> (B, n_kv, group, T, d): query head h = kv * group + i
+    shares key/value head kv (grouped-query attention; group 1 is multi-head attention)."""
+    b, t, width = x.shape
+    d = width // (n_kv * group)
+    return x.reshape(b, t, n_kv, group, d).transpose(0, 2, 3, 1, 4)
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:
+    """The inverse of split_heads: (B, n_kv, group, T, d) -> (B, T, n_kv * group * d)."""
+    b, n_kv, group, t, d = x.shape
+    return x.transpose(0, 3, 1, 2, 4).reshape(b, t, n_kv * group * d)
+
+
+def llama_attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, n_kv: int,
+                    cos: np.ndarray, sin: np.ndarray) -> Tensor:
+    """Causal grouped-query self-attention with rotary embeddings, as one graph node.
+
+    q (B, T, n_head * d), k and v (B, T, n_kv * d): the projections. Queries and keys are
+    rotated by their positions (cos, sin: (T, d)); each group of n_head / n_kv query heads
+    attends over one shared key/value head (broadcast in the matmul, never copied), so the
+    keys' and values' gradients sum over their group. Returns merged heads (B, T, n_head * d).
+    """
+    group = n_head // n_kv
+    d = q.shape[-1] // n_head
+    scale = 1.0 / math.sqrt(d)
+    q_rot = rope_np(split_heads(q.data, n_kv, group), cos, sin)
+    q_rot *= scale
+    k_rot = rope_np(split_heads(k.data, n_kv, 1), cos, sin)
+    v_h = np.ascontiguousarray(split_heads(v.data, n_kv, 1))
+    probs = _attention_probs(q_rot, k_rot, causal=True)
+    out = merge_heads(probs @ v_h)
+
+    def backward(g):
+        g_h = np.ascontiguousarray(split_heads(g, n_kv, group))
+        g_q, g_k, g_v = _attention_grads(g_h, q_rot, k_rot, v_h, probs, scale)
+        if q.requires_grad:
+            q.add_grad(merge_heads(rope_np(g_q, cos, -sin)))
+        if k.requires_grad:
+            g_k = g_k.sum(axis=2, keepdims=True) if group > 1 else g_k
+            k.add_grad(merge_heads(rope_np(g_k, cos, -sin)))
+        if v.requires_grad:
+            v.add_grad(merge_heads(g_v.sum(axis=2, keepdims=True) if group > 1 else g_v))
+
+    return Tensor.from_op(out, (q, k, v), backward)
+
+
+def take_rows(x: Tensor, rows: np.ndarray) -> Tensor:
+    """x (..., D) flattened to rows, then rows[i] picked (each at most once): e.g. only the
+    positions whose next token is in the loss go through the output layer."""
+    flat = x.data.reshape(-1, x.shape[-1])
+
+    def backward(g):
+        grad = np.zeros_like(flat)
+        grad[rows] = g
+        x.add_grad(grad.reshape(x.shape))
+
+    return Tensor.from_op(flat[rows], (x,), backward)

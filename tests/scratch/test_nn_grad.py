@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from scratch.nn import functional as F
 from scratch.nn.tensor import Tensor, concat, no_grad, where
@@ -30,6 +31,17 @@ def torch_mha(qkv, n_head):
     return heads.transpose(1, 2).reshape(b, t, three_dim // 3)
 
 
+def torch_llama_attention(q, k, v, n_head, n_kv, cos, sin):
+    """Hugging Face's Llama attention on projections q (B, T, H*d), k, v (B, T, KV*d)."""
+    b, t, _ = q.shape
+    q, k, v = (x.reshape(b, t, -1, q.shape[-1] // n_head).transpose(1, 2) for x in (q, k, v))
+    q, k = apply_rotary_pos_emb(q, k, torch.from_numpy(cos)[None], torch.from_numpy(sin)[None])
+    group = n_head // n_kv
+    out = TF.scaled_dot_product_attention(q, repeat_kv(k, group), repeat_kv(v, group),
+                                          is_causal=True)
+    return out.transpose(1, 2).reshape(b, t, -1)
+
+
 def case_list(rng: np.random.Generator):
     """(name, scratch_fn, torch_fn, inputs) with shapes drawn from rng."""
     m, n, k, b = (int(v) for v in rng.integers(2, 7, size=4))
@@ -37,6 +49,8 @@ def case_list(rng: np.random.Generator):
     targets = rng.integers(0, n, size=m)
     seq, heads, d = int(rng.integers(2, 6)), 2, int(rng.integers(2, 5))
     mask = rng.random((m, n)) > 0.5
+    cos, sin = F.rope_tables(np.arange(seq) + int(rng.integers(0, 50)), 2 * d, dtype=np.float64)
+    rows = rng.permutation(b * m)[: k + 1]  # distinct positions, any order
     return [
         (
             "add_broadcast",
@@ -184,6 +198,44 @@ def case_list(rng: np.random.Generator):
             lambda x: F.multi_head_attention(x, heads),
             lambda x: torch_mha(x, heads),
             [rng.normal(size=(b, seq, 3 * heads * d))],
+        ),
+        (
+            "rms_norm",
+            lambda x, w: F.rms_norm(x, w, 1e-6),
+            lambda x, w: TF.rms_norm(x, (n,), w, 1e-6),
+            [rng.normal(size=(b, m, n)), rng.normal(size=(n,))],
+        ),
+        (
+            "rope",
+            lambda x: F.rope(x, cos, sin),
+            lambda x: apply_rotary_pos_emb(
+                x, x, torch.from_numpy(cos)[None], torch.from_numpy(sin)[None])[0],
+            [rng.normal(size=(b, heads, seq, 2 * d))],
+        ),
+        (
+            "swiglu",
+            F.swiglu,
+            lambda g, u: TF.silu(g) * u,
+            [rng.normal(size=(b, m, n)) * 3, rng.normal(size=(b, m, n))],
+        ),
+        (
+            "llama_attention_gqa",  # 4 query heads sharing 2 key/value heads
+            lambda q, kk, v: F.llama_attention(q, kk, v, 4, 2, cos, sin),
+            lambda q, kk, v: torch_llama_attention(q, kk, v, 4, 2, cos, sin),
+            [rng.normal(size=(b, seq, 4 * 2 * d)), rng.normal(size=(b, seq, 2 * 2 * d)),
+             rng.normal(size=(b, seq, 2 * 2 * d))],
+        ),
+        (
+            "llama_attention_mha",
+            lambda q, kk, v: F.llama_attention(q, kk, v, heads, heads, cos, sin),
+            lambda q, kk, v: torch_llama_attention(q, kk, v, heads, heads, cos, sin),
+            [rng.normal(size=(b, seq, heads * 2 * d)) for _ in range(3)],
+        ),
+        (
+            "take_rows",
+            lambda x: F.take_rows(x, rows),
+            lambda x: x.reshape(-1, n)[torch.from_numpy(rows)],
+            [rng.normal(size=(b, m, n))],
         ),
         (
             "conv2d",
