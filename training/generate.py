@@ -22,9 +22,11 @@ class Reply:
 
 @torch.inference_mode()
 def answer(model, tok, questions: list[str], n: int = 1, temperature: float = 0.0,
-           max_new_tokens: int = 32, seed: int = 0, batch: int = 64) -> list[list[Reply]]:
+           max_new_tokens: int = 32, seed: int = 0, batch: int = 64,
+           top_k: int = 0) -> list[list[Reply]]:
     """`n` replies to each question asked alone in the chat format (greedy at temperature 0,
-    else sampled from the full distribution at that temperature, reproducibly from `seed`)."""
+    else sampled at that temperature from the full distribution, or from the `top_k` most
+    likely tokens, reproducibly from `seed`)."""
     chat = ChatEncoder(tok)
     stop = sorted(t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
                   if isinstance(t, int) and t >= 0)
@@ -35,7 +37,7 @@ def answer(model, tok, questions: list[str], n: int = 1, temperature: float = 0.
     out: list[Reply] = []
     was_training = model.training
     model.eval()
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": 1.0} \
         if temperature > 0 else {"do_sample": False}
     try:
         for i in range(0, len(flat), batch):

@@ -61,6 +61,8 @@ class RLSettings:
     group: int = 8  # answers sampled per question (GRPO's group; DPO: pairs are picked from them)
     max_new_tokens: int = 8
     temperature: float = 1.0
+    top_k: int = 0  # sample from the k most likely tokens (0: all; a tiny model's flat tail of
+    # never-seen byte tokens otherwise outweighs its end-of-turn token)
     lr: float = 5e-4
     beta: float = 0.0  # KL penalty toward the starting model (0: none, as in DAPO and nanochat)
     format_reward: float = 0.0  # added for an answer that is a bare number, right or wrong
@@ -86,8 +88,8 @@ class RLSettings:
                          dpo_questions=self.dpo_questions, eval_every=self.eval_every)
         if self.group < 2:
             raise UsageError("rl.group must be >= 2: a group of one has no average to beat")
-        if self.beta < 0 or self.format_reward < 0 or self.checkpoint_every < 0:
-            raise UsageError("beta, format_reward and checkpoint-every must be >= 0")
+        if min(self.beta, self.format_reward, self.checkpoint_every, self.top_k) < 0:
+            raise UsageError("beta, format_reward, checkpoint-every and top_k must be >= 0")
 
 
 def reward(completion: str, answer: str, format_reward: float = 0.0) -> float:
@@ -104,17 +106,19 @@ def _text(completion) -> str:
 
 
 def sample(model, tok, questions: list[str], n: int, temperature: float, max_new_tokens: int,
-           seed: int) -> list[list[str]]:
+           seed: int, top_k: int = 0) -> list[list[str]]:
     """`n` answers per question (greedy when temperature is 0), as text."""
     return [[r.text for r in got] for got in answer(model, tok, questions, n, temperature,
-                                                    max_new_tokens, seed)]
+                                                    max_new_tokens, seed, top_k=top_k)]
 
 
 def measure(model, tok, examples: list[tasks.Example], s: RLSettings, k: int = 8) -> dict:
-    """Greedy accuracy (pass@1) and pass@k (any of k samples at temperature 1 right)."""
+    """Greedy accuracy (pass@1) and pass@k (any of k samples right, sampled as training
+    samples: the stage's temperature and top_k)."""
     questions = [ex.question for ex in examples]
     greedy = sample(model, tok, questions, 1, 0.0, s.max_new_tokens, s.seed)
-    sampled = sample(model, tok, questions, k, 1.0, s.max_new_tokens, s.seed + 1)
+    sampled = sample(model, tok, questions, k, s.temperature, s.max_new_tokens, s.seed + 1,
+                     s.top_k)
     acc = np.mean([ex.correct(g[0]) for ex, g in zip(examples, greedy)])
     pass_k = np.mean([any(ex.correct(a) for a in got) for ex, got in zip(examples, sampled)])
     return {"accuracy": round(float(acc), 4), f"pass_at_{k}": round(float(pass_k), 4),
@@ -148,7 +152,7 @@ def grpo_trainer(s: RLSettings, base: str, train: list[tasks.Example], ckpt: Pat
             for ex in train]
     args = GRPOConfig(**common_args(s, ckpt), per_device_train_batch_size=s.prompts_per_step *
                       s.group, num_generations=s.group, max_completion_length=s.max_new_tokens,
-                      temperature=s.temperature, beta=s.beta, loss_type="dapo", top_k=0)
+                      temperature=s.temperature, beta=s.beta, loss_type="dapo", top_k=s.top_k)
     return GRPOTrainer(model=base, reward_funcs=[exact_answer], args=args,
                        train_dataset=Dataset.from_list(rows), peft_config=lora_config(s),
                        callbacks=callbacks)
@@ -159,7 +163,7 @@ def dpo_pairs(model, tok, train: list[tasks.Example], s: RLSettings) -> list[dic
     it sometimes gets it right and sometimes not."""
     picked = random.Random(s.seed).sample(train, min(s.dpo_questions, len(train)))
     answers = sample(model, tok, [ex.question for ex in picked], s.group, s.temperature,
-                     s.max_new_tokens, s.seed)
+                     s.max_new_tokens, s.seed, s.top_k)
     pairs = []
     for ex, got in zip(picked, answers):
         right = sorted({a for a in got if ex.correct(a)})
