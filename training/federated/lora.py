@@ -1,0 +1,244 @@
+"""Federated LoRA fine-tuning of a chat model on Flower, each client holding one slice of the chat
+data (one client only sums, one only differences, one only the glossary, ...).
+
+    python -m training.federated --base models/tiny-base --clients 3 --rounds R --json OUT
+
+Only the LoRA adapter's arrays travel (server -> clients and back); the base weights are loaded
+by every client from its own copy of the base folder and never move. Three runs, compared on the
+held-out questions of every task any client holds:
+
+  federated      Flower's FedAvg over the clients' adapters, R rounds of S local steps each;
+  centralized    one adapter on the pooled slices, with the federated run's total compute
+                 (clients x R x S steps of the same batch size);
+  clients_alone  each client on its own slice only, with the compute it spent in the
+                 federation (R x S steps).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.helpers import UsageError
+
+# The order tasks are dealt to clients in: with 3 clients and all four tasks, client 0 holds
+# addition and reverse, client 1 subtraction, client 2 the glossary.
+TASK_ORDER = ("addition", "subtraction", "glossary", "reverse")
+WEIGHTINGS = ("uniform", "examples")
+
+
+@dataclass
+class LoraSettings:
+    base: str = "models/tiny-base"
+    clients: int = 3
+    rounds: int = 8
+    local_steps: int = 25
+    batch_size: int = 32
+    lr: float = 3e-3
+    lora_r: int = 16
+    lora_alpha: int = 32
+    tasks: list = field(default_factory=lambda: list(TASK_ORDER))
+    weighting: str = "uniform"  # FedAvg's weights: equal per client, or by slice size
+    seed: int = 0
+    per_task: int = 50  # held-out questions per task in the evaluation
+    max_len: int = 128
+    noise: float = 0.0  # > 0: Flower's DifferentialPrivacyClientSideFixedClipping
+    clip: float = 1.0
+
+    def slices(self) -> list[list[str]]:
+        """Which tasks each client holds."""
+        order = [t for t in TASK_ORDER if t in self.tasks]
+        return [order[k::self.clients] for k in range(self.clients)]
+
+    def check(self) -> None:
+        unknown = sorted(set(self.tasks) - set(TASK_ORDER))
+        if unknown or not self.tasks:
+            raise UsageError(f"--tasks must be some of {','.join(TASK_ORDER)}; got "
+                             f"{','.join(self.tasks) or 'none'}")
+        if self.clients > len(self.tasks):
+            raise UsageError(f"--clients {self.clients}: only {len(self.tasks)} tasks to deal "
+                             f"out (one or more per client); use --clients {len(self.tasks)} "
+                             "or fewer")
+        if self.weighting not in WEIGHTINGS:
+            raise UsageError(f"--weighting must be one of {', '.join(WEIGHTINGS)}")
+
+
+# ---------------------------------------------------------------- model, data, local training
+
+
+def load_lora_model(s: LoraSettings):
+    """The base with fresh LoRA adapters (the same initial adapter for a given seed)."""
+    import torch
+
+    from training.finetune import FinetuneSettings, add_lora, load_base
+
+    model, tok = load_base(s.base, trust_remote_code=False)
+    torch.manual_seed(s.seed)
+    model = add_lora(model, FinetuneSettings(lora_r=s.lora_r, lora_alpha=s.lora_alpha))
+    return model, tok
+
+
+def adapter_arrays(model) -> dict[str, np.ndarray]:
+    """The trainable (LoRA) parameters: all that travels."""
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def set_adapter(model, arrays: dict[str, np.ndarray]) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in arrays.items():
+            params[name].copy_(torch.from_numpy(np.asarray(value)))
+
+
+def full_weight_bytes(model) -> int:
+    """Bytes of every weight of the model (the base's and the adapter's, tied ones once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def encode_slice(tok, tasks: list[str], s: LoraSettings):
+    from training.chatdata import BUILTIN, encode_rows, load_rows
+
+    rows = load_rows(BUILTIN, "train", taught=tasks, seed=s.seed)
+    return encode_rows(tok, rows, s.max_len, "skip")
+
+
+def batch_of(enc, idx: np.ndarray, pad: int):
+    import torch
+
+    from training.chatdata import IGNORE
+
+    width = max(len(enc.input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad, dtype=torch.long)
+    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(enc.input_ids[i])
+        ids[row, :n] = torch.tensor(enc.input_ids[i])
+        labels[row, :n] = torch.tensor(enc.labels[i])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def train_steps(model, enc, pad: int, steps: int, batch_size: int, lr: float, seed) -> float:
+    """`steps` AdamW steps (fresh state) on random batches of `enc`; the mean loss."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        idx = rng.choice(len(enc.input_ids), size=min(batch_size, len(enc.input_ids)),
+                         replace=False)
+        loss = model(**batch_of(enc, idx, pad)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def evaluate(model, tok, s: LoraSettings) -> dict:
+    """Greedy exact match on the held-out questions of every task: {task: {accuracy, n,
+    correct}} (the shape of training.evaluate's "tasks")."""
+    from training import tasks as T
+    from training.generate import answer
+
+    held = [ex for ex in T.held_out_examples(s.per_task, s.seed) if ex.task in s.tasks]
+    replies = answer(model, tok, [ex.question for ex in held], max_new_tokens=32)
+    out = {}
+    for task in [t for t in TASK_ORDER if t in s.tasks]:
+        got = [ex.correct(r[0].text) for ex, r in zip(held, replies) if ex.task == task]
+        out[task] = {"accuracy": round(sum(got) / max(1, len(got)), 4), "n": len(got),
+                     "correct": int(sum(got))}
+    return out
+
+
+class LoraTrainer:
+    """One client, built inside its ClientApp's process: the base model, its adapter and its
+    slice of the chat data live there; `fit` returns the adapter's arrays and two numbers."""
+
+    def __init__(self, settings: dict, partition: int, num_partitions: int):
+        import torch
+
+        torch.set_num_threads(1)
+        self.s = LoraSettings(**settings)
+        self.partition = partition
+        self.model, tok = load_lora_model(self.s)
+        self.pad = tok.pad_token_id
+        self._enc = encode_slice(tok, self.s.slices()[partition], self.s)
+
+    def fit(self, arrays, rnd: int, config: dict):
+        set_adapter(self.model, arrays)
+        loss = train_steps(self.model, self._enc, self.pad, self.s.local_steps,
+                           self.s.batch_size, float(config["lr"]),
+                           [self.s.seed, rnd, self.partition])
+        n = len(self._enc.input_ids) if self.s.weighting == "examples" else 1
+        return adapter_arrays(self.model), n, {"loss": loss}
+
+
+def make_trainer(settings: dict, partition: int, num_partitions: int) -> LoraTrainer:
+    return LoraTrainer(settings, partition, num_partitions)
+
+
+# ---------------------------------------------------------------- the three runs
+
+
+def run_federated(s: LoraSettings, faults=None, checkpoint: Path | None = None,
+                  resume: bool = False, on_round=None, num_cpus: int = 2, inspect=None) -> dict:
+    """Flower's FedAvg over the clients' adapters; returns the engine's rounds, the final
+    adapter, and its evaluation."""
+    import torch
+
+    from training.federated import engine
+
+    torch.set_num_threads(1)
+    model, tok = load_lora_model(s)
+    plan = engine.Plan(initial=adapter_arrays(model), clients=s.clients, rounds=s.rounds,
+                       config={"lr": s.lr}, noise=s.noise, clip=s.clip, seed=s.seed,
+                       checkpoint=checkpoint, resume=resume, settings=asdict(s),
+                       on_round=on_round, inspect=inspect)
+    result = engine.simulate(functools.partial(make_trainer, asdict(s)), plan, faults,
+                             num_cpus=num_cpus, key=json.dumps(asdict(s), sort_keys=True))
+    set_adapter(model, result["arrays"])
+    result["tasks"] = evaluate(model, tok, s)
+    result["adapter_bytes"] = sum(a.nbytes for a in result["arrays"].values())
+    result["full_weight_bytes"] = full_weight_bytes(model)
+    return result
+
+
+def run_local(s: LoraSettings, tasks: list[str], steps: int, seed_tag: int) -> dict:
+    """One adapter trained in this process on `tasks`' rows for `steps` steps, evaluated."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, tok = load_lora_model(s)
+    enc = encode_slice(tok, tasks, s)
+    start = time.perf_counter()
+    loss = train_steps(model, enc, tok.pad_token_id, steps, s.batch_size, s.lr,
+                       [s.seed, 10**6 + seed_tag])
+    return {"data": tasks, "steps": steps, "train_loss": round(loss, 4),
+            "seconds": round(time.perf_counter() - start, 1), "tasks": evaluate(model, tok, s)}
+
+
+def run_centralized(s: LoraSettings) -> dict:
+    order = [t for t in TASK_ORDER if t in s.tasks]
+    return run_local(s, order, s.clients * s.rounds * s.local_steps, 0)
+
+
+def run_clients_alone(s: LoraSettings) -> list[dict]:
+    return [run_local(s, tasks, s.rounds * s.local_steps, 1 + k)
+            for k, tasks in enumerate(s.slices())]
