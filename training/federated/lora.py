@@ -98,10 +98,11 @@ def set_adapter(model, arrays: dict[str, np.ndarray]) -> None:
 
 
 def full_weight_bytes(model) -> int:
-    """Bytes of every weight of the model (the base's and the adapter's, tied ones once)."""
+    """Bytes of the model's own weights (tied ones once, the adapter's not counted): what a
+    round would send per client and direction if it fine-tuned all of them."""
     seen, total = set(), 0
     for p in model.parameters():
-        if p.data_ptr() not in seen:
+        if not p.requires_grad and p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
     return total
