@@ -163,10 +163,13 @@ def server_loop(grid, plan: Plan) -> dict:
             num_sampled_clients=n)
 
     # Which node is which client: ask once (the reply is the client's index, nothing else).
-    nodes = list(grid.get_node_ids())
-    while len(nodes) < n:  # the simulation registers nodes as it starts
-        import time
+    import time
 
+    nodes = list(grid.get_node_ids())
+    deadline = time.monotonic() + 600
+    while len(nodes) < n:  # the simulation registers nodes as it starts
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {n} Flower nodes started in 10 minutes")
         time.sleep(0.1)
         nodes = list(grid.get_node_ids())
     hello = grid.send_and_receive(
