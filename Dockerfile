@@ -32,8 +32,8 @@ RUN pip install \
         xllamacpp==2026.10.11549 \
         gradio==6.31.0 \
         gradio_client==2.7.2 \
-        fastapi==0.165.0 \
-        uvicorn==0.54.0
+        fastapi==0.138.2 \
+        uvicorn==0.49.0
 
 # hadolint ignore=DL3059
 RUN useradd --create-home --uid 10001 mlzero

@@ -94,6 +94,17 @@ def cli_main(
     raise SystemExit(status or 0)
 
 
+def show_warnings_as_lines() -> None:
+    """Print Python warnings as one `warning: ...` line each (no file and line of the source):
+    what a CLI shows when a run goes on despite a problem (e.g. a dropped federated client)."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+
+
 def _describe_os_error(error: OSError) -> str:
     if error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror}"

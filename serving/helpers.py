@@ -66,6 +66,15 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{message}; see: {self.prog} --help")
 
 
+def show_warnings_as_lines() -> None:
+    """Print Python warnings as one `warning: ...` line each (no source file and line): what a
+    CLI shows when a run goes on despite a problem (e.g. a dropped federated client)."""
+    import warnings
+
+    warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}",
+                                                          file=sys.stderr, flush=True)
+
+
 def cli_main(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], None]:
     """Wrap a CLI `main(argv)`: UsageError → one line, exit 2; Ctrl-C → 'interrupted', exit 130."""
 

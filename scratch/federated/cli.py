@@ -8,9 +8,7 @@ training images, and the centralized model with the same total compute as the re
 from __future__ import annotations
 
 import json
-import sys
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -142,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not ckpt.exists():
         raise helpers.UsageError(f"--resume: no checkpoint at {ckpt}; run without --resume first")
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-
-    warnings.showwarning = show
+    helpers.show_warnings_as_lines()
     threadpool_limits(args.threads)
     start = time.perf_counter()
     data = core.Digits.load()

@@ -193,7 +193,7 @@ def test_cli_errors_are_one_line(chat_copy, tmp_path):
 
     assert "does not exist" in fails(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    assert "not a model folder" in fails(str(tmp_path / "empty"))
+    assert "holds no finished model" in fails(str(tmp_path / "empty"))
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(

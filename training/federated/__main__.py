@@ -9,13 +9,17 @@ held-out questions of every task. See training/federated/lora.py and docs/federa
 from __future__ import annotations
 
 import json
-import sys
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from serving.helpers import ArgumentParser, UsageError, atomic_write_json, cli_main
+from serving.helpers import (
+    ArgumentParser,
+    UsageError,
+    atomic_write_json,
+    cli_main,
+    show_warnings_as_lines,
+)
 
 PROG = "python -m training.federated"
 
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"--resume: no checkpoint at {ckpt or '(give --json or --checkpoint)'}"
                          f"; run: {PROG} --base {s.base} --clients {s.clients} "
                          f"--rounds {s.rounds} --json OUT")
-    warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr, flush=True)
+    show_warnings_as_lines()
     for k, tasks in enumerate(s.slices()):
         print(f"client {k} holds: {', '.join(tasks)}", flush=True)
 

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from serving.helpers import ArgumentParser, UsageError, atomic_write_json, cli_main
+from serving.helpers import (
+    ArgumentParser,
+    UsageError,
+    atomic_write_json,
+    cli_main,
+    show_warnings_as_lines,
+)
 
 PROG = "python -m training.federated.digits"
 
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"--resume: no checkpoint at {ckpt or '(give --json or --checkpoint)'}"
                          "; run without --resume first")
     shards(load_digits_split()[1], s)  # a split that leaves a client nothing fails here
-    warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr, flush=True)
+    show_warnings_as_lines()
 
     def progress(rec: dict) -> None:
         extra = f", dropped {[d['client'] for d in rec['dropped']]}" if rec["dropped"] else ""
