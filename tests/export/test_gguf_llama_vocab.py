@@ -92,7 +92,8 @@ def test_text_tokenizes_and_runs_like_transformers(random_tinyllama, exports, re
     for text in TEXTS:
         ids = tok(text)["input_ids"]
         want, logprobs = torch_greedy(model, ids, N_NEW, banned)
-        res = backend._complete(backend._request(text, Sampling(N_NEW), n_probs=3, cache_prompt=False,
+        res = backend._complete(backend._request(text, Sampling(N_NEW), n_probs=3,
+                                                 cache_prompt=False,
                                                  logit_bias=[[i, False] for i in banned]))
         assert res["usage"]["prompt_tokens"] == len(ids), text
         entries = res["choices"][0]["logprobs"]["content"]
