@@ -194,6 +194,23 @@ class Encoded:
     bad: Counter = field(default_factory=Counter)
 
 
+def pad_batch(enc: Encoded, idx, pad: int) -> dict:
+    """Rows `idx` of encoded conversations as one right-padded batch: input ids, labels
+    (IGNORE on padding) and the attention mask, as torch tensors."""
+    import torch
+
+    width = max(len(enc.input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad, dtype=torch.long)
+    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(enc.input_ids[i])
+        ids[row, :n] = torch.tensor(enc.input_ids[i])
+        labels[row, :n] = torch.tensor(enc.labels[i])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
 def encode_rows(tok, rows: list[Row], max_len: int, on_bad: str = "skip") -> Encoded:
     """Encode all rows; report bad ones by line and skip them, or reject the dataset."""
     chat = ChatEncoder(tok)

@@ -27,7 +27,14 @@ from serving.helpers import (
     require_model,
     weights_fingerprint,
 )
-from training.chatdata import BUILTIN, IGNORE, Row, encode_rows, load_rows, write_jsonl
+from training.chatdata import (
+    BUILTIN,
+    Row,
+    encode_rows,
+    load_rows,
+    pad_batch,
+    write_jsonl,
+)
 from training.generate import answer
 from training.stage import (
     CHECKPOINT,
@@ -227,16 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     pad = tok.pad_token_id
 
     def get_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
-        width = max(len(enc.input_ids[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(enc.input_ids[i])
-            ids[row, :n] = torch.tensor(enc.input_ids[i])
-            labels[row, :n] = torch.tensor(enc.labels[i])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return pad_batch(enc, idx, pad)
 
     cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
                       batch_size=s.batch_size, seed=s.seed, weight_decay=0.0,

@@ -48,18 +48,13 @@ class DigitsSettings:
 
 
 def load_digits_split(test_fraction: float = 0.2, split_seed: int = 0):
-    """scikit-learn's digits scaled to [0, 1], the fixed stratified split scratch.nn uses."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits as 64 values in [0, 1], the fixed stratified split scratch.nn uses
+    (training.images.digits_split, flattened and scaled: dividing by 16 is exact)."""
+    from training.images import digits_split
 
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    rng = np.random.default_rng(split_seed)
-    test = np.zeros(len(y), dtype=bool)
-    for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
-        test[members[: round(test_fraction * len(members))]] = True
-    return x[~test], y[~test], x[test], y[test]
+    x_train, y_train, x_test, y_test = digits_split(test_fraction, split_seed)
+    return (x_train.reshape(len(x_train), -1) / 16.0, y_train,
+            x_test.reshape(len(x_test), -1) / 16.0, y_test)
 
 
 def shards(labels: np.ndarray, s: DigitsSettings, min_size: int = 2) -> list[np.ndarray]:

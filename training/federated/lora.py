@@ -115,26 +115,11 @@ def encode_slice(tok, tasks: list[str], s: LoraSettings):
     return encode_rows(tok, rows, s.max_len, "skip")
 
 
-def batch_of(enc, idx: np.ndarray, pad: int):
-    import torch
-
-    from training.chatdata import IGNORE
-
-    width = max(len(enc.input_ids[i]) for i in idx)
-    ids = torch.full((len(idx), width), pad, dtype=torch.long)
-    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        n = len(enc.input_ids[i])
-        ids[row, :n] = torch.tensor(enc.input_ids[i])
-        labels[row, :n] = torch.tensor(enc.labels[i])
-        mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
 def train_steps(model, enc, pad: int, steps: int, batch_size: int, lr: float, seed) -> float:
     """`steps` AdamW steps (fresh state) on random batches of `enc`; the mean loss."""
     import torch
+
+    from training.chatdata import pad_batch
 
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
@@ -144,7 +129,7 @@ def train_steps(model, enc, pad: int, steps: int, batch_size: int, lr: float, se
     for _ in range(steps):
         idx = rng.choice(len(enc.input_ids), size=min(batch_size, len(enc.input_ids)),
                          replace=False)
-        loss = model(**batch_of(enc, idx, pad)).loss
+        loss = model(**pad_batch(enc, idx, pad)).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
