@@ -54,8 +54,8 @@ CONFIDENT = 0.9  # a drawing "looks like a digit" when the classifier is this su
 class GenerateSettings:
     """The diffusion model: diffusers' UNet2DModel on 8x8 images, DDPM noise schedule."""
 
-    steps: int = 1200
-    batch_size: int = 128
+    steps: int = 1500
+    batch_size: int = 256  # more images per step beat more steps here (see BENCHMARKS.md)
     lr: float = 2e-3
     warmup: int = 60
     timesteps: int = 200  # diffusion steps (training and drawing)
@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", type=Path,
                    help="generate: PNG of the drawings (default: the JSON's path with .png)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="generate: training steps (default 1200)")
+    p.add_argument("--steps", type=int,
+                   help=f"generate: training steps (default {GenerateSettings.steps})")
     p.add_argument("--epochs", type=int, help="classify: training epochs (default 60)")
     args = p.parse_args(argv)
 
