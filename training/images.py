@@ -373,8 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", type=Path,
                    help="generate: PNG of the drawings (default: the JSON's path with .png)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int,
-                   help=f"generate: training steps (default {GenerateSettings.steps})")
+    p.add_argument("--steps", type=int, help="generate: training steps (default 1500)")
     p.add_argument("--epochs", type=int, help="classify: training epochs (default 60)")
     args = p.parse_args(argv)
 
