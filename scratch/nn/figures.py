@@ -5,6 +5,9 @@ Trains the three runs as the CLI does (a few minutes on one core) and writes:
                        with its validation loss)
   nn_conv_filters.png  the CNN's 16 learned first-layer 3x3 filters
   nn_attention.png     where each head of the GPT's first block looks, on a line of text
+With --llama-json OUT (the JSON of `python -m scratch.nn --task llama-chat --eval-every N
+--json OUT`), trains nothing and writes only:
+  nn_llama_chat_curve.png  the Llama's held-out accuracy against training steps
 """
 
 from __future__ import annotations
@@ -52,6 +55,37 @@ PROG = "python -m scratch.nn.figures"
 ATTENTION_LINE = "def items(self):"  # short enough that every character's tick is readable
 
 
+def llama_curve(report_path: Path, out: Path) -> int:
+    """The llama-chat run's held-out sample accuracy against steps (and training seconds)."""
+    try:
+        import json
+
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        curve = report["curve"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise helpers.UsageError(f"{report_path}: not a llama-chat JSON with a curve ({err}); "
+                                 f"make one with --eval-every") from None
+    if not curve:
+        raise helpers.UsageError(f"{report_path} has an empty curve: train with --eval-every N")
+    steps = [p["step"] for p in curve]
+    acc = [100 * p["held_out_sample_accuracy"] for p in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, acc, "o-", color="tab:blue")
+    for point, s, a in zip(curve, steps, acc, strict=True):
+        ax.annotate(f"{a:.0f}%\n{point['seconds']:.0f} s", (s, a), xytext=(0, 8),
+                    textcoords="offset points", ha="center", fontsize=8)
+    ax.axhline(90, color="tab:gray", ls="--", lw=0.8, label="target 90%")
+    ax.set(xlabel="training step (batch 128)", ylabel="held-out exact match (%)",
+           ylim=(-5, 118), title=f"scratch/nn Llama, {report['parameters']:,} parameters: "
+           f"{100 * report['test_accuracy']:.1f}% of {report['held_out_questions']:,} held-out")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    helpers.save_figure(fig, out, dpi=80)
+    plt.close(fig)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = helpers.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument(
@@ -59,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpt-epochs", type=helpers.int_range(1), default=4,
                         help=f"char-GPT epochs of {train.STEPS_PER_EPOCH} steps (the CLI's 4)")
+    parser.add_argument("--llama-json", type=Path,
+                        help="only draw the llama-chat learning curve from this JSON")
     args = parser.parse_args(argv)
+    if args.llama_json is not None:
+        return llama_curve(args.llama_json, args.out / "nn_llama_chat_curve.png")
     threadpool_limits(1)
 
     mlp = train.run_digits("mlp", seed=0)  # the CLI's default epochs and augmentation

@@ -255,11 +255,15 @@ def test_a_few_training_steps_lower_the_loss():
 def test_cli_writes_a_loadable_folder_and_the_contract_json(tmp_path):
     out, report = tmp_path / "scratch-chat", tmp_path / "out.json"
     proc = run_cli("-m", "scratch.nn", "--task", "llama-chat", "--out", str(out),
-                   "--steps", "2", "--json", str(report))
+                   "--steps", "2", "--eval-every", "1", "--json", str(report))
     data = json.loads(report.read_text())
     assert {"test_accuracy", "seconds", "parameters"} <= set(data)
     assert 0.0 <= data["test_accuracy"] <= 1.0 and data["held_out_questions"] == 2000
+    assert [p["step"] for p in data["curve"]] == [0, 1, 2]
     assert "wrote" in proc.stdout
+    # the learning-curve figure of docs/nn.md is drawn from this JSON
+    run_cli("-m", "scratch.nn.figures", "--llama-json", str(report), "--out", str(tmp_path))
+    assert (tmp_path / "nn_llama_chat_curve.png").read_bytes()[:4] == b"\x89PNG"
     model, tok = hf.load_folder(out)
     assert model.num_parameters() == data["parameters"]
     ids = np.array([tok.chat_prompt(QUESTIONS[0])])
