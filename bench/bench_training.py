@@ -1,11 +1,13 @@
 """Training throughput and MFU on this machine, measured side by side in one run.
 
-    python bench/bench_training.py [--threads 2] [--steps 30] [--full]
+    python bench/bench_training.py [--threads 2] [--steps 30] [--full] [--lora smol-chat]
 
 1. Peak float32 matmul rate through PyTorch (the MFU denominator).
 2. Pretraining step throughput of the default tiny-base recipe: tokens/s and MFU, counting
    6·N FLOPs per token for the weights plus the attention score/value products.
 3. With --full: the default pretrain + fine-tune + evaluation end to end, timed.
+4. With --lora RECIPE (e.g. smol-chat): the LoRA fine-tune step of that recipe on its base
+   (its batch size, turns per conversation, rank and adapted layers), tokens/s and MFU.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +43,12 @@ def peak_matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
 def pretrain_throughput(steps: int) -> dict:
     from transformers import LlamaForCausalLM
 
-    from training.pretrain import DEFAULTS, model_config
+    from training.pretrain import PretrainSettings, model_config
     from training.stage import read_recipe
 
-    s = {**DEFAULTS, **read_recipe(ROOT / "models/tiny-base", "pretrain")}
-    config = model_config(s, s["vocab_size"], 0, 2)
+    settings = PretrainSettings(**read_recipe(ROOT / "models/tiny-base", "pretrain"))
+    s = asdict(settings)
+    config = model_config(settings, s["vocab_size"], 0, 2)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
@@ -67,6 +72,58 @@ def pretrain_throughput(steps: int) -> dict:
     return {"parameters": n_params, "tokens_per_step": tokens, "median_step_s": round(step, 4),
             "tokens_per_s": round(tokens / step),
             "gflops": round(flops_per_token * tokens / step / 1e9, 1)}
+
+
+def lora_throughput(recipe: str, steps: int) -> dict:
+    """A fine-tune recipe's LoRA step on its own data, timed. FLOPs counted per token: forward
+    2·N (the tied lm_head included); backward only from the lowest adapted layer up (gradients of
+    the activations there and through lm_head: 2·N_upper); the adapters' own weights 6·N_lora;
+    attention products forward everywhere and backward in the upper layers. Padding is counted
+    as work done but not as tokens."""
+    from training.chatdata import encode_rows, load_rows, pad_batch
+    from training.finetune import FinetuneSettings, add_lora, load_base
+    from training.stage import read_recipe
+
+    s = FinetuneSettings(**read_recipe(ROOT / "models" / recipe, "finetune"))
+    model, tok = load_base(str(ROOT / s.base) if not Path(s.base).is_absolute() else s.base,
+                           trust_remote_code=False)
+    cfg = model.config
+    rows = load_rows(s.dataset, s.split, taught=s.tasks, turns=s.turns, seed=s.seed,
+                     limit=s.task_limit)
+    enc = encode_rows(tok, rows, s.max_len)
+    torch.manual_seed(s.seed)
+    model = add_lora(model, s)
+    n_total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers, d = cfg.num_hidden_layers, cfg.hidden_size
+    lm_head = cfg.vocab_size * d
+    per_layer = (n_total - lm_head * (1 if cfg.tie_word_embeddings else 2)) / layers
+    upper = layers - (min(s.lora_layers) if s.lora_layers else 0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    rng = np.random.default_rng(0)
+    times, flops, tokens = [], 0.0, 0
+    for i in range(steps + 2):
+        batch = pad_batch(enc, rng.choice(len(enc.input_ids), s.batch_size, replace=False),
+                          tok.pad_token_id)
+        width = batch["input_ids"].shape[1]
+        t = time.perf_counter()
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:  # the first steps warm allocators up
+            times.append(time.perf_counter() - t)
+            per_token = (2 * (n_total - (0 if cfg.tie_word_embeddings else lm_head))
+                         + 2 * (upper * per_layer + lm_head) + 6 * n_lora
+                         + 2 * width * d * (layers + 2 * upper))
+            flops += per_token * s.batch_size * width
+            tokens += int(batch["attention_mask"].sum())
+    seconds = sum(times)
+    return {"recipe": recipe, "base": s.base, "parameters": n_total, "lora_parameters": n_lora,
+            "adapted_layers": f"{layers - upper}-{layers - 1}", "batch_size": s.batch_size,
+            "steps_timed": steps, "mean_step_s": round(seconds / steps, 2),
+            "tokens_per_s": round(tokens / seconds, 1),
+            "gflops": round(flops / seconds / 1e9, 1)}
 
 
 def full_run() -> dict:
@@ -101,6 +158,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--full", action="store_true",
                    help="also time the whole default pretrain + fine-tune")
+    p.add_argument("--lora", metavar="RECIPE",
+                   help="also time the LoRA step of models/RECIPE (e.g. smol-chat)")
+    p.add_argument("--lora-steps", type=int, default=8)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     peak = peak_matmul_gflops()
@@ -110,6 +170,11 @@ def main() -> None:
     print(f"peak fp32 matmul: {peak:.0f} GFLOP/s ({args.threads} threads)")
     print(f"pretrain step: {tp['tokens_per_s']} tokens/s, {tp['gflops']} GFLOP/s, "
           f"MFU {report['mfu']:.1%}")
+    if args.lora:
+        lora = lora_throughput(args.lora, args.lora_steps)
+        report["lora"] = {**lora, "mfu": round(lora["gflops"] / peak, 3)}
+        print(f"{args.lora} LoRA step: {lora['mean_step_s']} s, {lora['tokens_per_s']} tokens/s, "
+              f"{lora['gflops']} GFLOP/s, MFU {report['lora']['mfu']:.1%}")
     if args.full:
         report["full"] = full_run()
         print(json.dumps(report["full"], indent=1))
