@@ -38,7 +38,10 @@ class ScratchTrainer:
         self.client = core.make_clients(core.Settings(**settings))[partition]
 
     def fit(self, arrays, rnd, config):
-        update = self.client.train(arrays, rnd, float(config["lr"]))
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):  # as on our side of the comparison: see the test
+            update = self.client.train(arrays, rnd, float(config["lr"]))
         return update.weights, update.num_examples, {"loss": update.loss}
 
 
@@ -49,13 +52,17 @@ def scratch_trainer(settings: dict, partition: int, num_partitions: int) -> Scra
 @pytest.mark.slow
 def test_our_fedavg_and_flowers_agree_after_one_round():
     from flwr.app import ArrayRecord, MetricRecord
+    from threadpoolctl import threadpool_limits
 
     from scratch.federated import core
     from scratch.nn.optim import cosine_lr
     from training.federated import engine
 
     s = core.Settings(clients=3, rounds=1, split="dirichlet", alpha=1.0, batch_size=64)
-    ours = core.run(s)["weights"]
+    # A BLAS matmul's rounding depends on how many threads split it (Ray's workers get one,
+    # this process may have more): both sides use one, so the same computation is compared.
+    with threadpool_limits(1):
+        ours = core.run(s)["weights"]
     initial = core.get_weights(core.new_model(s.seed))
     lr = cosine_lr(0, s.rounds, s.lr, warmup=min(2, s.rounds // 4))  # what core.run uses
     seen: list = []
@@ -82,6 +89,47 @@ def test_our_fedavg_and_flowers_agree_after_one_round():
         assert isinstance(metrics, MetricRecord)
         assert all(isinstance(v, (int, float)) for v in metrics.values())
         assert metrics["pid"] != os.getpid()
+
+
+@pytest.mark.slow
+def test_flower_run_resumes_from_its_last_finished_round(tmp_path):
+    """Two rounds on Flower, stopped; then --resume to three: rounds 1-2 come from the
+    checkpoint, only round 3 trains, and it starts from the checkpoint's weights: the result is
+    our FedAvg's round 3 from those weights."""
+    from threadpoolctl import threadpool_limits
+
+    from scratch.federated import core
+    from scratch.nn.optim import cosine_lr
+    from training.federated import engine
+
+    s = core.Settings(clients=3, rounds=3, split="iid", batch_size=64)
+    initial = core.get_weights(core.new_model(s.seed))
+    trainer = functools.partial(scratch_trainer, asdict(s))
+    settings = {"scratch": asdict(s)}
+
+    def lr(rnd: int) -> float:  # core.run's schedule
+        return cosine_lr(rnd - 1, s.rounds, s.lr, warmup=min(2, s.rounds // 4))
+
+    def plan(rounds: int, seen: list, resume: bool) -> engine.Plan:
+        return engine.Plan(initial=initial, clients=s.clients, rounds=rounds,
+                           checkpoint=tmp_path / "ckpt", resume=resume, settings=settings,
+                           inspect=seen.extend, config_for_round=lambda rnd: {"lr": lr(rnd)})
+
+    first_seen: list = []
+    first = engine.simulate(trainer, plan(2, first_seen, False), num_cpus=1, key="resume-a")
+    after_two, _ = engine.load_state(tmp_path / "ckpt", settings)
+    resumed_seen: list = []
+    resumed = engine.simulate(trainer, plan(3, resumed_seen, True), num_cpus=1, key="resume-b")
+
+    assert len(first_seen) == 2 * s.clients and len(resumed_seen) == s.clients
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
+    assert resumed["rounds"][:2] == first["rounds"]
+    with threadpool_limits(1):  # as ScratchTrainer.fit (see the agreement test)
+        updates = [c.train(after_two, 3, lr(3)) for c in core.make_clients(s)]
+    ours = core.fedavg([(u.weights, u.num_examples) for u in updates])
+    for name, w in ours.items():
+        np.testing.assert_allclose(resumed["arrays"][name], w, rtol=0, atol=2e-6, err_msg=name)
+        assert np.abs(w - after_two[name]).max() > 0  # round 3 did train
 
 
 def make_llama(out: Path) -> Path:
