@@ -207,15 +207,24 @@ def run_federated(s: LoraSettings, faults=None, checkpoint: Path | None = None,
 
 
 def run_local(s: LoraSettings, tasks: list[str], steps: int, seed_tag: int) -> dict:
-    """One adapter trained in this process on `tasks`' rows for `steps` steps, evaluated."""
+    """One adapter trained in this process on `tasks`' rows for `steps` steps, evaluated.
+
+    It trains as a client does, in stretches of `local_steps` with a fresh AdamW each (a
+    federation of one), so the comparison differs only in the data and the averaging. One
+    AdamW at this constant learning rate for thousands of steps failed here: a 6,000-step
+    centralized run ended at 0% on every task (mean training loss 2.78, the federated
+    clients' 0.85) while the federated adapter learned addition and the glossary."""
     import torch
 
     torch.set_num_threads(1)
     model, tok = load_lora_model(s)
     enc = encode_slice(tok, tasks, s)
     start = time.perf_counter()
-    loss = train_steps(model, enc, tok.pad_token_id, steps, s.batch_size, s.lr,
-                       [s.seed, 10**6 + seed_tag])
+    losses = []
+    for stretch, at in enumerate(range(0, steps, s.local_steps)):
+        losses.append(train_steps(model, enc, tok.pad_token_id, min(s.local_steps, steps - at),
+                                  s.batch_size, s.lr, [s.seed, 10**6 + seed_tag, stretch]))
+    loss = float(np.mean(losses)) if losses else float("nan")
     return {"data": tasks, "steps": steps, "train_loss": round(loss, 4),
             "seconds": round(time.perf_counter() - start, 1), "tasks": evaluate(model, tok, s)}
 
