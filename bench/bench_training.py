@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +45,12 @@ def pretrain_throughput(steps: int) -> dict:
     from training.pretrain import PretrainSettings, model_config
     from training.stage import read_recipe
 
-    settings = PretrainSettings(**read_recipe(ROOT / "models/tiny-base", "pretrain"))
-    s = asdict(settings)
-    config = model_config(settings, s["vocab_size"], 0, 2)
+    s = PretrainSettings(**read_recipe(ROOT / "models/tiny-base", "pretrain"))
+    config = model_config(s, s.vocab_size, 0, 2)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-    x = torch.randint(0, s["vocab_size"], (s["batch_size"], s["seq_len"]))
+    x = torch.randint(0, s.vocab_size, (s.batch_size, s.seq_len))
     times = []
     for i in range(steps + 3):
         t = time.perf_counter()
@@ -64,10 +62,10 @@ def pretrain_throughput(steps: int) -> dict:
             times.append(time.perf_counter() - t)
     times.sort()
     step = times[len(times) // 2]
-    tokens = s["batch_size"] * s["seq_len"]
+    tokens = s.batch_size * s.seq_len
     n_params = sum(p.numel() for p in model.parameters())
     # forward+backward = 3x forward; attention QK^T and AV: 2 * 2 * seq * hidden per token per layer
-    attn = 3 * 4 * s["seq_len"] * s["hidden_size"] * s["num_hidden_layers"] // 2  # causal: half
+    attn = 3 * 4 * s.seq_len * s.hidden_size * s.num_hidden_layers // 2  # causal: half
     flops_per_token = 6 * n_params + attn
     return {"parameters": n_params, "tokens_per_step": tokens, "median_step_s": round(step, 4),
             "tokens_per_s": round(tokens / step),
@@ -85,8 +83,8 @@ def lora_throughput(recipe: str, steps: int) -> dict:
     from training.stage import read_recipe
 
     s = FinetuneSettings(**read_recipe(ROOT / "models" / recipe, "finetune"))
-    model, tok = load_base(str(ROOT / s.base) if not Path(s.base).is_absolute() else s.base,
-                           trust_remote_code=False)
+    # ROOT / an absolute path is that path
+    model, tok = load_base(str(ROOT / s.base), trust_remote_code=False)
     cfg = model.config
     rows = load_rows(s.dataset, s.split, taught=s.tasks, turns=s.turns, seed=s.seed,
                      limit=s.task_limit)

@@ -11,6 +11,7 @@ loads alone, the tokenizer, eval.json (base vs fine-tuned), loss.png and a model
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -231,10 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         print(f"LoRA r={s.lora_r}: {trainable:,} trainable of {total:,} parameters "
               f"({trainable / total:.1%}); {len(enc.input_ids):,} training conversations")
-    pad = tok.pad_token_id
-
-    def get_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
-        return pad_batch(enc, idx, pad)
+    get_batch = functools.partial(pad_batch, enc, pad=tok.pad_token_id)
 
     cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
                       batch_size=s.batch_size, seed=s.seed, weight_decay=0.0,

@@ -12,6 +12,7 @@ With --llama-json OUT (the JSON of `python -m scratch.nn --task llama-chat --eva
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -58,8 +59,6 @@ ATTENTION_LINE = "def items(self):"  # short enough that every character's tick 
 def llama_curve(report_path: Path, out: Path) -> int:
     """The llama-chat run's held-out sample accuracy against steps (and training seconds)."""
     try:
-        import json
-
         report = json.loads(report_path.read_text(encoding="utf-8"))
         curve = report["curve"]
     except (OSError, ValueError, KeyError, TypeError) as err:
