@@ -49,6 +49,14 @@ def scratch_trainer(settings: dict, partition: int, num_partitions: int) -> Scra
     return ScratchTrainer(settings, partition, num_partitions)
 
 
+def logged_scratch_trainer(settings: dict, log: Path, partition: int,
+                           num_partitions: int) -> ScratchTrainer:
+    """scratch_trainer, noting in `log` which process built which client's trainer."""
+    with log.open("a") as f:
+        f.write(f"{os.getpid()} {partition}\n")
+    return ScratchTrainer(settings, partition, num_partitions)
+
+
 @pytest.mark.slow
 def test_our_fedavg_and_flowers_agree_after_one_round():
     from flwr.app import ArrayRecord, MetricRecord
@@ -116,7 +124,14 @@ def test_flower_run_resumes_from_its_last_finished_round(tmp_path):
                            inspect=seen.extend, config_for_round=lambda rnd: {"lr": lr(rnd)})
 
     first_seen: list = []
-    first = engine.simulate(trainer, plan(2, first_seen, False), num_cpus=1, key="resume-a")
+    built = tmp_path / "built.txt"
+    first = engine.simulate(functools.partial(logged_scratch_trainer, asdict(s), built),
+                            plan(2, first_seen, False), num_cpus=1, key="resume-a")
+    # One ClientApp process (one CPU) served every client in both rounds and built each
+    # client's trainer once: its data is loaded once per process, not once per message.
+    builds = built.read_text().split("\n")[:-1]
+    assert len({line.split()[0] for line in builds}) == 1
+    assert sorted(line.split()[1] for line in builds) == ["0", "1", "2"]
     after_two, _ = engine.load_state(tmp_path / "ckpt", settings)
     resumed_seen: list = []
     resumed = engine.simulate(trainer, plan(3, resumed_seen, True), num_cpus=1, key="resume-b")
@@ -179,7 +194,7 @@ def run_main(capsys, argv: list[str]) -> tuple[int, str]:
 
 @pytest.mark.parametrize("argv,needle", [
     (["--base", "models/no-such-base"], "run: python -m training.pretrain"),
-    (["--clients", "5"], "only 4 tasks"),
+    (["--clients", "5"], "only 3 tasks"),
     (["--tasks", "addition,poetry"], "--tasks must be some of"),
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--noise", "-1"], "--noise"),

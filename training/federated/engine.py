@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,16 @@ class InjectedCrash(RuntimeError):
 _TRAINERS: dict[tuple[str, int], Trainer] = {}  # per ClientApp process: its clients' trainers
 
 
+def cached_trainer(factory: Callable[[int, int], Trainer], key: str, pid: int,
+                   num: int) -> Trainer:
+    """This process's trainer for client `pid`, built once. A module-level function: Ray
+    sends the ClientApp's closures by value, with a copy of every global they name, so a cache
+    named in a closure would start empty for every message; this one is the module's own."""
+    if (key, pid) not in _TRAINERS:
+        _TRAINERS[(key, pid)] = factory(pid, num)
+    return _TRAINERS[(key, pid)]
+
+
 def client_app(factory: Callable[[int, int], Trainer], key: str, faults: Faults | None = None,
                dp: bool = False):
     """A Flower ClientApp whose `train` runs `factory(partition)`'s Trainer. `key` names the
@@ -70,10 +81,7 @@ def client_app(factory: Callable[[int, int], Trainer], key: str, faults: Faults 
 
     def trainer(context: Context) -> tuple[int, Trainer]:
         pid = int(context.node_config[PARTITION_KEY])
-        num = int(context.node_config["num-partitions"])
-        if (key, pid) not in _TRAINERS:
-            _TRAINERS[(key, pid)] = factory(pid, num)
-        return pid, _TRAINERS[(key, pid)]
+        return pid, cached_trainer(factory, key, pid, int(context.node_config["num-partitions"]))
 
     @app.query()
     def who(msg: Message, context: Context) -> Message:
@@ -163,8 +171,6 @@ def server_loop(grid, plan: Plan) -> dict:
             num_sampled_clients=n)
 
     # Which node is which client: ask once (the reply is the client's index, nothing else).
-    import time
-
     nodes = list(grid.get_node_ids())
     deadline = time.monotonic() + 600
     while len(nodes) < n:  # the simulation registers nodes as it starts
@@ -185,6 +191,7 @@ def server_loop(grid, plan: Plan) -> dict:
         start = len(records) + 1
     names = list(plan.initial)
     for rnd in range(start, plan.rounds + 1):
+        began = time.perf_counter()
         global_record = ArrayRecord({k: Array(np.ascontiguousarray(arrays[k])) for k in names})
         config = {**plan.config, **(plan.config_for_round(rnd) if plan.config_for_round else {})}
         messages = list(strategy.configure_train(rnd, global_record, ConfigRecord(config), grid))
@@ -216,7 +223,8 @@ def server_loop(grid, plan: Plan) -> dict:
             metrics = {k: float(v) for k, v in dict(agg or {}).items()
                        if k not in (NUM_EXAMPLES, PARTITION_KEY, "pid")}
         rec = {"round": rnd, "bytes": bytes_down + bytes_up, "bytes_down": bytes_down,
-               "bytes_up": bytes_up, "clients": len(good), "dropped": dropped, **metrics}
+               "bytes_up": bytes_up, "clients": len(good), "dropped": dropped, **metrics,
+               "seconds": round(time.perf_counter() - began, 2)}
         if plan.evaluate is not None:
             rec.update(plan.evaluate(rnd, arrays))
         records.append(rec)
