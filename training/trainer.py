@@ -177,7 +177,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def check_finite(model: torch.nn.Module, step: int, ckpt: Path) -> None:
+def check_finite(model: torch.nn.Module, step: int, ckpt: Path | None) -> None:
     """Stop with one line when training diverged, before anything is saved from it."""
     bad = [n for n, p in _trainable(model).items() if not torch.isfinite(p.detach()).all()]
     if bad:
@@ -185,9 +185,9 @@ def check_finite(model: torch.nn.Module, step: int, ckpt: Path) -> None:
 
 
 class Diverged(UsageError):
-    def __init__(self, step: int, what: str, ckpt: Path):
-        kept = (f"the last good checkpoint is kept in {ckpt}" if (ckpt / "state.json").exists()
-                else "nothing was saved")
+    def __init__(self, step: int, what: str, ckpt: Path | None):
+        kept = (f"the last good checkpoint is kept in {ckpt}"
+                if ckpt is not None and (ckpt / "state.json").exists() else "nothing was saved")
         super().__init__(f"training diverged at step {step}: {what}; {kept}. Lower the learning "
                          "rate (--lr) and start again")
 
@@ -253,12 +253,68 @@ def load_checkpoint(ckpt: Path, model, opt, result: TrainResult) -> int:
     return int(state["step"])
 
 
+def make_optimizer(params: dict[str, torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    decay = [p for p in params.values() if p.ndim >= 2]
+    no_decay = [p for p in params.values() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), foreach=True,
+    )
+
+
+def batch_parts(idx: np.ndarray, lengths: np.ndarray | None) -> list[np.ndarray]:
+    return [idx] if lengths is None else split_by_length(idx, lengths)
+
+
+def optimizer_step(net: torch.nn.Module, opt: torch.optim.Optimizer,
+                   batches: list[dict[str, torch.Tensor]], lr: float, grad_clip: float,
+                   world: int = 1) -> torch.Tensor:
+    """One step on one batch (given as micro-batches) at learning rate `lr`, gradients clipped
+    to norm `grad_clip`; returns the batch's mean loss. A non-finite loss leaves the weights
+    as they were (the caller decides what to do)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss = backward_in_parts(net, batches, world)
+    if math.isfinite(float(loss)):
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+    return loss
+
+
+def train_window(model: torch.nn.Module,
+                 get_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], n_items: int,
+                 cfg: TrainConfig, steps: range, lengths: np.ndarray | None = None
+                 ) -> list[float]:
+    """Steps `steps` of the run `cfg` describes — the same batches and learning rates `train`
+    gives those steps — from a fresh optimizer, with no checkpoint and no progress bar: one
+    round of a federated client, which keeps no state between rounds. Returns the losses; a
+    non-finite one raises FloatingPointError."""
+    params = _trainable(model)
+    opt = make_optimizer(params, cfg)
+    net = LabelledLoss(model)
+    model.train()
+    losses = []
+    for step in steps:
+        idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed, step)
+        batches = [get_batch(part) for part in batch_parts(idx, lengths)]
+        loss = float(optimizer_step(net, opt, batches, lr_at(step, cfg), cfg.grad_clip))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss} at step {step}")
+        losses.append(loss)
+    model.eval()
+    return losses
+
+
 def train(
     model: torch.nn.Module,
     get_batch: Callable[[np.ndarray], dict[str, torch.Tensor]],
     n_items: int,
     cfg: TrainConfig,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path | None,
     resume: bool = False,
     desc: str = "train",
     save_extra: Callable[[Path], None] | None = None,
@@ -272,22 +328,17 @@ def train(
     weighted by their loss tokens: the same gradient as the whole batch, with less padding.
     `settings` (the stage's) are stored in every checkpoint; a resume with others is refused.
     `on_step(steps_done)` runs after every step (rank 0; e.g. an evaluation), off the clock.
-    A non-finite loss or weight stops the run with one line, keeping the last good checkpoint."""
+    With `checkpoint_dir` None nothing is saved (a baseline that is not kept). A non-finite
+    loss or weight stops the run with one line, keeping the last good checkpoint."""
     rank, world = distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
     torch.manual_seed(cfg.seed)
     params = _trainable(model)
-    decay = [p for p in params.values() if p.ndim >= 2]
-    no_decay = [p for p in params.values() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), foreach=True,
-    )
+    opt = make_optimizer(params, cfg)
     result = TrainResult()
     start = 0
-    if resume and (checkpoint_dir / "state.json").exists():
+    if resume and checkpoint_dir is not None and (checkpoint_dir / "state.json").exists():
         check_resume(checkpoint_dir, settings or {})
         start = load_checkpoint(checkpoint_dir, model, opt, result)
         result.resumed_from = start
@@ -302,16 +353,10 @@ def train(
     for step in bar:
         idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed,
                             step)[rank * local:(rank + 1) * local]
-        parts = [idx] if lengths is None else split_by_length(idx, lengths)
-        batches = [get_batch(part) for part in parts]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss = backward_in_parts(net, batches, world)
+        batches = [get_batch(part) for part in batch_parts(idx, lengths)]
+        loss = optimizer_step(net, opt, batches, lr_at(step, cfg), cfg.grad_clip, world)
         if not math.isfinite(float(loss)):
             raise Diverged(step, f"the loss is {float(loss)}", checkpoint_dir)
-        torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
-        opt.step()
         result.tokens += sum(int(b["attention_mask"].sum()) for b in batches) * world
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             value = loss.detach()
@@ -326,7 +371,8 @@ def train(
             on_step(done)
             model.train()
             t0 += time.perf_counter() - paused  # measuring is not training time
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        if (checkpoint_dir is not None and cfg.checkpoint_every
+                and done % cfg.checkpoint_every == 0 and done < cfg.steps):
             result.seconds = time.perf_counter() - t0
             if rank == 0:
                 save_checkpoint(checkpoint_dir, model, opt, done, result, save_extra, settings)

@@ -83,6 +83,37 @@ def test_micro_batches_give_the_whole_batch_gradient():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_window_of_steps_is_those_steps_of_the_whole_run():
+    """A federated client runs steps [a, b) of a run's schedule from a fresh optimizer
+    (train_window). One window over the whole run is the run itself: the same batches, learning
+    rates and clipping as `train`; two windows differ only by the optimizer's restart."""
+    from training.trainer import TrainConfig, train, train_window
+
+    lengths = np.array([len(r) for r in ROWS])
+
+    def get_batch(idx):
+        return _batch([ROWS[i] for i in idx], [LOSS_FROM[i] for i in idx])
+
+    cfg = TrainConfig(steps=6, lr=3e-3, warmup=2, batch_size=4, weight_decay=0.0,
+                      checkpoint_every=0)
+    start = {k: v.clone() for k, v in _tiny_llama().state_dict().items()}
+
+    def weights(run) -> dict[str, torch.Tensor]:
+        model = _tiny_llama()
+        model.load_state_dict(start)
+        run(model)
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    whole = weights(lambda m: train(m, get_batch, len(ROWS), cfg, None, lengths=lengths))
+    window = weights(lambda m: train_window(m, get_batch, len(ROWS), cfg, range(6), lengths))
+    halves = weights(lambda m: [train_window(m, get_batch, len(ROWS), cfg, range(a, a + 3),
+                                             lengths) for a in (0, 3)])
+    for name, w in whole.items():
+        torch.testing.assert_close(window[name], w, rtol=0, atol=1e-7)
+    assert any(not torch.allclose(halves[n], w) for n, w in whole.items())
+    assert any(not torch.allclose(start[n], w) for n, w in whole.items())
+
+
 def test_corpus_is_the_same_in_every_process_and_environment(tmp_path):
     """pydoc prints memory addresses, os.environ and the running Python's path; the corpus must
     not carry them, or the default model would change from one run (and machine) to the next."""
