@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="clipping norm of each client's adapter update, with --noise")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the centralized and clients-alone runs")
-    p.add_argument("--num-cpus", type=int, default=2, help="Ray's CPUs (one per client actor)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="Ray's CPUs, one per client process (default: one per client)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--checkpoint", type=Path, help="saved after every round "
                                                    "(default: OUT.ckpt beside --json)")
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="continue from the checkpoint's last finished round")
     add_fault_flags(p)
     args = p.parse_args(argv)
+    args.num_cpus = args.num_cpus or args.clients
     for flag in ("clients", "rounds", "local_steps", "batch_size", "lora_r", "per_task",
                  "num_cpus"):
         if getattr(args, flag) < 1:
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     def progress(rec: dict) -> None:
         extra = f", dropped {[d['client'] for d in rec['dropped']]}" if rec["dropped"] else ""
         loss = f", loss {rec['loss']:.3f}" if "loss" in rec else ""
-        print(f"round {rec['round']:3d}: {rec['bytes'] / 2**10:.1f} KiB{loss}{extra}", flush=True)
+        print(f"round {rec['round']:3d}: {rec['bytes'] / 2**10:.1f} KiB{loss}, "
+              f"{rec['seconds']:.0f} s{extra}", flush=True)
 
     from training.federated import lora
 

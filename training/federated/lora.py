@@ -11,20 +11,26 @@ held-out questions of every task any client holds:
   centralized    one adapter on the pooled slices, with the federated run's total compute
                  (clients x R x S steps of the same batch size);
   clients_alone  each client on its own slice only, with the compute it spent in the
-                 federation (R x S steps).
+                 federation (R x S steps, the batches it saw there).
+
+All three train with the fine-tune stage's loop (training/trainer.py) and its schedule over the
+run; a federated client runs round r's window of it from a fresh optimizer.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.helpers import UsageError
+
+if TYPE_CHECKING:
+    from training.trainer import TrainConfig
 
 # The order tasks are dealt to clients in: with 3 clients and all four tasks, client 0 holds
 # addition and reverse, client 1 subtraction, client 2 the glossary.
@@ -36,13 +42,14 @@ WEIGHTINGS = ("uniform", "examples")
 class LoraSettings:
     base: str = "models/tiny-base"
     clients: int = 3
-    rounds: int = 8
-    local_steps: int = 25
+    rounds: int = 50
+    local_steps: int = 10  # few steps between averages: less drift towards one task
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak: warm-up, then cosine decay over each run (training.trainer)
+    warmup: int = 50
     lora_r: int = 16
     lora_alpha: int = 32
-    tasks: list = field(default_factory=lambda: list(TASK_ORDER))
+    tasks: list = field(default_factory=lambda: ["addition", "subtraction", "glossary"])
     weighting: str = "uniform"  # FedAvg's weights: equal per client, or by slice size
     seed: int = 0
     per_task: int = 50  # held-out questions per task in the evaluation
@@ -108,33 +115,40 @@ def full_weight_bytes(model) -> int:
     return total
 
 
-def encode_slice(tok, tasks: list[str], s: LoraSettings):
+def train_config(s: LoraSettings, steps: int) -> TrainConfig:
+    """The fine-tune stage's schedule (warm-up, cosine decay) over a run of `steps` steps."""
+    from training.trainer import TrainConfig
+
+    return TrainConfig(steps=steps, lr=s.lr, warmup=min(s.warmup, steps // 2 or 1),
+                       batch_size=s.batch_size, seed=s.seed, weight_decay=0.0,
+                       checkpoint_every=0)
+
+
+@dataclass
+class ChatSlice:
+    """Some tasks' training conversations, tokenized: what one client holds."""
+
+    tasks: list[str]
+    enc: Any
+    lengths: np.ndarray  # tokens per conversation: batches run as short and long parts
+    pad: int
+
+    def __len__(self) -> int:
+        return len(self.enc.input_ids)
+
+    def batch(self, idx: np.ndarray) -> dict:
+        from training.chatdata import pad_batch
+
+        return pad_batch(self.enc, idx, self.pad)
+
+
+def load_slice(tok, tasks: list[str], s: LoraSettings) -> ChatSlice:
     from training.chatdata import BUILTIN, encode_rows, load_rows
 
     rows = load_rows(BUILTIN, "train", taught=tasks, seed=s.seed)
-    return encode_rows(tok, rows, s.max_len, "skip")
-
-
-def train_steps(model, enc, pad: int, steps: int, batch_size: int, lr: float, seed) -> float:
-    """`steps` AdamW steps (fresh state) on random batches of `enc`; the mean loss."""
-    import torch
-
-    from training.chatdata import pad_batch
-
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                            weight_decay=0.0)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        idx = rng.choice(len(enc.input_ids), size=min(batch_size, len(enc.input_ids)),
-                         replace=False)
-        loss = model(**pad_batch(enc, idx, pad)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return float(np.mean(losses)) if losses else float("nan")
+    enc = encode_rows(tok, rows, s.max_len, "skip")
+    return ChatSlice(tasks, enc, np.array([len(ids) for ids in enc.input_ids]),
+                     tok.pad_token_id)
 
 
 def evaluate(model, tok, s: LoraSettings) -> dict:
@@ -155,25 +169,30 @@ def evaluate(model, tok, s: LoraSettings) -> dict:
 
 class LoraTrainer:
     """One client, built inside its ClientApp's process: the base model, its adapter and its
-    slice of the chat data live there; `fit` returns the adapter's arrays and two numbers."""
+    slice of the chat data live there; `fit` returns the adapter's arrays and two numbers.
+
+    Round r runs steps (r-1)*S .. r*S-1 of the fine-tune stage's loop over R*S steps (its
+    batches, learning-rate schedule and gradient clipping) from a fresh AdamW: a client keeps
+    no state between rounds."""
 
     def __init__(self, settings: dict, partition: int, num_partitions: int):
         import torch
 
         torch.set_num_threads(1)
         self.s = LoraSettings(**settings)
-        self.partition = partition
         self.model, tok = load_lora_model(self.s)
-        self.pad = tok.pad_token_id
-        self._enc = encode_slice(tok, self.s.slices()[partition], self.s)
+        self.data = load_slice(tok, self.s.slices()[partition], self.s)
 
     def fit(self, arrays, rnd: int, config: dict):
+        from training.trainer import train_window
+
         set_adapter(self.model, arrays)
-        loss = train_steps(self.model, self._enc, self.pad, self.s.local_steps,
-                           self.s.batch_size, float(config["lr"]),
-                           [self.s.seed, rnd, self.partition])
-        n = len(self._enc.input_ids) if self.s.weighting == "examples" else 1
-        return adapter_arrays(self.model), n, {"loss": loss}
+        S = self.s.local_steps
+        losses = train_window(self.model, self.data.batch, len(self.data),
+                              train_config(self.s, self.s.rounds * S),
+                              range((rnd - 1) * S, rnd * S), self.data.lengths)
+        n = len(self.data) if self.s.weighting == "examples" else 1
+        return adapter_arrays(self.model), n, {"loss": float(np.mean(losses))}
 
 
 def make_trainer(settings: dict, partition: int, num_partitions: int) -> LoraTrainer:
@@ -191,14 +210,17 @@ def run_federated(s: LoraSettings, faults=None, checkpoint: Path | None = None,
 
     from training.federated import engine
 
-    torch.set_num_threads(1)
     model, tok = load_lora_model(s)
     plan = engine.Plan(initial=adapter_arrays(model), clients=s.clients, rounds=s.rounds,
-                       config={"lr": s.lr}, noise=s.noise, clip=s.clip, seed=s.seed,
-                       checkpoint=checkpoint, resume=resume, settings=asdict(s),
-                       on_round=on_round, inspect=inspect)
-    result = engine.simulate(functools.partial(make_trainer, asdict(s)), plan, faults,
-                             num_cpus=num_cpus, key=json.dumps(asdict(s), sort_keys=True))
+                       noise=s.noise, clip=s.clip, seed=s.seed, checkpoint=checkpoint,
+                       resume=resume, settings=asdict(s), on_round=on_round, inspect=inspect)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cores are the clients' while they train
+    try:
+        result = engine.simulate(functools.partial(make_trainer, asdict(s)), plan, faults,
+                                 num_cpus=num_cpus, key=json.dumps(asdict(s), sort_keys=True))
+    finally:
+        torch.set_num_threads(threads)
     set_adapter(model, result["arrays"])
     result["tasks"] = evaluate(model, tok, s)
     result["adapter_bytes"] = sum(a.nbytes for a in result["arrays"].values())
@@ -206,34 +228,30 @@ def run_federated(s: LoraSettings, faults=None, checkpoint: Path | None = None,
     return result
 
 
-def run_local(s: LoraSettings, tasks: list[str], steps: int, seed_tag: int) -> dict:
-    """One adapter trained in this process on `tasks`' rows for `steps` steps, evaluated.
+def run_local(s: LoraSettings, tasks: list[str], steps: int, desc: str) -> dict:
+    """One adapter trained in this process on `tasks`' conversations for `steps` steps by the
+    fine-tune stage's loop (one AdamW, the same schedule and batches a client's rounds walk
+    through), then evaluated like the federated one."""
+    from training.trainer import train
 
-    It trains as a client does, in stretches of `local_steps` with a fresh AdamW each (a
-    federation of one), so the comparison differs only in the data and the averaging. One
-    AdamW at this constant learning rate for thousands of steps failed here: a 6,000-step
-    centralized run ended at 0% on every task (mean training loss 2.78, the federated
-    clients' 0.85) while the federated adapter learned addition and the glossary."""
-    import torch
-
-    torch.set_num_threads(1)
     model, tok = load_lora_model(s)
-    enc = encode_slice(tok, tasks, s)
-    start = time.perf_counter()
-    losses = []
-    for stretch, at in enumerate(range(0, steps, s.local_steps)):
-        losses.append(train_steps(model, enc, tok.pad_token_id, min(s.local_steps, steps - at),
-                                  s.batch_size, s.lr, [s.seed, 10**6 + seed_tag, stretch]))
-    loss = float(np.mean(losses)) if losses else float("nan")
-    return {"data": tasks, "steps": steps, "train_loss": round(loss, 4),
-            "seconds": round(time.perf_counter() - start, 1), "tasks": evaluate(model, tok, s)}
+    data = load_slice(tok, tasks, s)
+    result = train(model, data.batch, len(data), train_config(s, steps), None, desc=desc,
+                   lengths=data.lengths)
+    return {"data": tasks, "steps": steps,
+            "train_loss": round(float(np.mean([x for _, x in result.history[-10:]])), 4),
+            "seconds": round(result.seconds, 1), "tasks": evaluate(model, tok, s)}
 
 
 def run_centralized(s: LoraSettings) -> dict:
+    """One adapter on the pooled slices with the federation's total compute: clients x R x S
+    steps of the same batch size."""
     order = [t for t in TASK_ORDER if t in s.tasks]
-    return run_local(s, order, s.clients * s.rounds * s.local_steps, 0)
+    return run_local(s, order, s.clients * s.rounds * s.local_steps, "centralized")
 
 
 def run_clients_alone(s: LoraSettings) -> list[dict]:
-    return [run_local(s, tasks, s.rounds * s.local_steps, 1 + k)
+    """Each client on its own slice with the compute it spent in the federation (R x S steps,
+    the very batches it trained on there)."""
+    return [run_local(s, tasks, s.rounds * s.local_steps, f"client {k} alone")
             for k, tasks in enumerate(s.slices())]
