@@ -34,16 +34,7 @@ QUESTION = "What is 12 + 34?"
 
 
 def ours_decode(gen, prompt: list[int], n: int, banned: list[int]) -> list[int]:
-    cache = gen.new_cache(1, len(prompt) + n)
-    logits = gen.forward(np.array([prompt]), cache, 0)
-    out = []
-    for i in range(n):
-        logits[:, banned] = -np.inf
-        tok = int(logits[0].argmax())
-        out.append(tok)
-        if i < n - 1:
-            logits = gen.forward(np.array([[tok]]), cache, len(prompt) + i)
-    return out
+    return gen.greedy([prompt], n, stop_id=None, banned=banned)[0]
 
 
 def torch_decode(model, prompt: list[int], n: int, banned: list[int]) -> list[int]:

@@ -18,6 +18,7 @@ cache) so that each new token costs one position, not the whole sequence again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -220,9 +221,10 @@ class Generator:
         return [[np.zeros(shape, DEFAULT_DTYPE), np.zeros(shape, DEFAULT_DTYPE)]
                 for _ in range(self.cfg.num_hidden_layers)]
 
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_id: int,
-               batch_size: int = 256) -> list[list[int]]:
-        """The greedy continuation of each prompt, cut before its first stop_id."""
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_id: int | None,
+               batch_size: int = 256, banned: Sequence[int] = ()) -> list[list[int]]:
+        """The greedy continuation of each prompt, cut before its first stop_id (None: never
+        stops early); `banned` ids are never chosen (a fixed-length decode for benchmarks)."""
         out: list[list[int]] = [[] for _ in prompts]
         by_length: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -232,11 +234,12 @@ class Generator:
                 chunk = members[at : at + batch_size]
                 for i, ids in zip(chunk, self._greedy_batch(
                         np.array([prompts[i] for i in chunk], np.int64),
-                        max_new_tokens, stop_id)):
+                        max_new_tokens, stop_id, list(banned))):
                     out[i] = ids
         return out
 
-    def _greedy_batch(self, ids: np.ndarray, max_new: int, stop_id: int) -> list[list[int]]:
+    def _greedy_batch(self, ids: np.ndarray, max_new: int, stop_id: int | None,
+                      banned: list[int]) -> list[list[int]]:
         b, t = ids.shape
         max_new = min(max_new, self.cfg.max_position_embeddings - t)
         cache = self.new_cache(b, t + max_new)
@@ -244,6 +247,8 @@ class Generator:
         done = np.zeros(b, bool)
         logits = self.forward(ids, cache, 0)
         for step in range(max_new):
+            if banned:
+                logits[:, banned] = -np.inf
             tok = logits.argmax(-1)
             for r in np.flatnonzero(~done):
                 if tok[r] == stop_id:

@@ -61,15 +61,7 @@ def hf_model(path: Path):
 
 def our_greedy(model: Llama, prompt: list[int], n: int, banned=()) -> list[int]:
     """n greedy tokens through our KV-cache loop, with banned ids never chosen."""
-    gen = Generator(model)
-    cache = gen.new_cache(1, len(prompt) + n)
-    logits = gen.forward(np.array([prompt]), cache, 0)[0]
-    out: list[int] = []
-    for step in range(n):
-        logits[list(banned)] = -np.inf
-        out.append(int(logits.argmax()))
-        logits = gen.forward(np.array([[out[-1]]]), cache, len(prompt) + step)[0]
-    return out
+    return Generator(model).greedy([prompt], n, stop_id=None, banned=banned)[0]
 
 
 # ------------------------------------------------------------------ tokenizer, data, file
