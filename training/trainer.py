@@ -264,25 +264,27 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], cfg: TrainConfig) -> t
     )
 
 
-def batch_parts(idx: np.ndarray, lengths: np.ndarray | None) -> list[np.ndarray]:
-    return [idx] if lengths is None else split_by_length(idx, lengths)
-
-
-def optimizer_step(net: torch.nn.Module, opt: torch.optim.Optimizer,
-                   batches: list[dict[str, torch.Tensor]], lr: float, grad_clip: float,
-                   world: int = 1) -> torch.Tensor:
-    """One step on one batch (given as micro-batches) at learning rate `lr`, gradients clipped
-    to norm `grad_clip`; returns the batch's mean loss. A non-finite loss leaves the weights
-    as they were (the caller decides what to do)."""
+def take_step(net: torch.nn.Module, opt: torch.optim.Optimizer,
+              get_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], n_items: int,
+              cfg: TrainConfig, step: int, lengths: np.ndarray | None = None, rank: int = 0,
+              world: int = 1) -> tuple[torch.Tensor, int]:
+    """Step `step` of the run `cfg` describes: this process's share of the step's batch (as
+    short and long micro-batches when `lengths` is given), the step's learning rate, gradients
+    clipped to cfg.grad_clip. Returns the batch's mean loss and the tokens this process read.
+    A non-finite loss leaves the weights as they were (the caller decides what to do)."""
+    local = cfg.batch_size // world
+    idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed, step)[rank * local:(rank + 1) * local]
+    parts = [idx] if lengths is None else split_by_length(idx, lengths)
+    batches = [get_batch(part) for part in parts]
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr_at(step, cfg)
     opt.zero_grad(set_to_none=True)
     loss = backward_in_parts(net, batches, world)
     if math.isfinite(float(loss)):
         params = [p for group in opt.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-    return loss
+    return loss, sum(int(b["attention_mask"].sum()) for b in batches)
 
 
 def train_window(model: torch.nn.Module,
@@ -299,9 +301,7 @@ def train_window(model: torch.nn.Module,
     model.train()
     losses = []
     for step in steps:
-        idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed, step)
-        batches = [get_batch(part) for part in batch_parts(idx, lengths)]
-        loss = float(optimizer_step(net, opt, batches, lr_at(step, cfg), cfg.grad_clip))
+        loss = float(take_step(net, opt, get_batch, n_items, cfg, step, lengths)[0])
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {step}")
         losses.append(loss)
@@ -346,18 +346,14 @@ def train(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
     model.train()
-    local = cfg.batch_size // world
     t0 = time.perf_counter() - result.seconds
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=rank != 0, initial=start,
                total=cfg.steps, dynamic_ncols=True)
     for step in bar:
-        idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed,
-                            step)[rank * local:(rank + 1) * local]
-        batches = [get_batch(part) for part in batch_parts(idx, lengths)]
-        loss = optimizer_step(net, opt, batches, lr_at(step, cfg), cfg.grad_clip, world)
+        loss, tokens = take_step(net, opt, get_batch, n_items, cfg, step, lengths, rank, world)
         if not math.isfinite(float(loss)):
             raise Diverged(step, f"the loss is {float(loss)}", checkpoint_dir)
-        result.tokens += sum(int(b["attention_mask"].sum()) for b in batches) * world
+        result.tokens += tokens * world
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             value = loss.detach()
             if world > 1:
