@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serving.backend import ChatEncoder
 from serving.helpers import UsageError, atomic_write_text
 from training import tasks
@@ -192,6 +194,10 @@ class Encoded:
     input_ids: list[list[int]] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
     bad: Counter = field(default_factory=Counter)
+
+    def lengths(self) -> np.ndarray:
+        """Tokens per conversation: the trainer batches short and long ones apart."""
+        return np.array([len(ids) for ids in self.input_ids])
 
 
 def pad_batch(enc: Encoded, idx, pad: int) -> dict:

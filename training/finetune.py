@@ -16,7 +16,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from serving.helpers import (
@@ -239,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                       checkpoint_every=s.checkpoint_every)
     ckpt = out / CHECKPOINT
     settings = asdict(s)
-    lengths = np.array([len(ids) for ids in enc.input_ids])  # short and long rows pad apart
+    lengths = enc.lengths()
     curve: list[dict] = []
     result = train(model, get_batch, len(enc.input_ids), cfg, ckpt, resume=args.resume,
                    desc="finetune", lengths=lengths, settings=settings,

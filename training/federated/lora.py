@@ -130,8 +130,11 @@ class ChatSlice:
 
     tasks: list[str]
     enc: Any
-    lengths: np.ndarray  # tokens per conversation: batches run as short and long parts
     pad: int
+    lengths: np.ndarray = field(init=False)  # tokens per conversation (Encoded.lengths)
+
+    def __post_init__(self) -> None:
+        self.lengths = self.enc.lengths()
 
     def __len__(self) -> int:
         return len(self.enc.input_ids)
@@ -147,8 +150,7 @@ def load_slice(tok, tasks: list[str], s: LoraSettings) -> ChatSlice:
 
     rows = load_rows(BUILTIN, "train", taught=tasks, seed=s.seed)
     enc = encode_rows(tok, rows, s.max_len, "skip")
-    return ChatSlice(tasks, enc, np.array([len(ids) for ids in enc.input_ids]),
-                     tok.pad_token_id)
+    return ChatSlice(tasks, enc, tok.pad_token_id)
 
 
 def evaluate(model, tok, s: LoraSettings) -> dict:
