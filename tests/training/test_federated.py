@@ -197,6 +197,7 @@ def run_main(capsys, argv: list[str]) -> tuple[int, str]:
     (["--clients", "5"], "only 3 tasks"),
     (["--tasks", "addition,poetry"], "--tasks must be some of"),
     (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--num-cpus", "0"], "--num-cpus must be >= 1"),
     (["--noise", "-1"], "--noise"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(capsys, tmp_path, argv, needle):

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="continue from the checkpoint's last finished round")
     add_fault_flags(p)
     args = p.parse_args(argv)
-    args.num_cpus = args.num_cpus or args.clients
+    if args.num_cpus is None:
+        args.num_cpus = args.clients
     for flag in ("clients", "rounds", "local_steps", "batch_size", "lora_r", "per_task",
                  "num_cpus"):
         if getattr(args, flag) < 1:
