@@ -6,9 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
-# PyTorch, at the lock's version. Which build pip takes depends on the platform: on Linux x86-64
-# PyPI's wheel is the CUDA build (several GB with its nvidia-* libraries); on Linux arm64 and
-# macOS it is a CPU build (Apple's GPU through MPS). For the small CPU-only build on Linux x86-64:
+# PyTorch, at the lock's version. Which build pip takes depends on the platform: on Linux
+# (x86-64 and arm64) PyPI's wheel is a CUDA 13 build that pulls several GB of CUDA libraries; on
+# macOS it is a 111 MB CPU + MPS build. For the CPU-only build on Linux (what the tests run with):
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
