@@ -26,7 +26,8 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,10 +227,11 @@ class ChatCompletions:
 
     def complete(self, req: ChatRequest, ids: list[int]) -> dict[str, Any]:
         text, finish, tokens = "", "stop", 0
-        for piece in until_stop(self.backend.pieces(ids, req.sampling), req.stop):
-            text += piece.text
-            tokens = piece.completion_tokens or tokens
-            finish = piece.finish_reason or finish
+        with closing(self.backend.pieces(ids, req.sampling)) as pieces:
+            for piece in until_stop(pieces, req.stop):
+                text += piece.text
+                tokens = piece.completion_tokens or tokens
+                finish = piece.finish_reason or finish
         return {"id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
                 "model": self.model, "system_fingerprint": self.backend.name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -252,12 +254,14 @@ class ChatCompletions:
 
         yield chunk({"role": "assistant", "content": ""})
         tokens = 0
-        for piece in until_stop(self.backend.pieces(ids, req.sampling), req.stop):
-            tokens = piece.completion_tokens or tokens
-            if piece.text:
-                yield chunk({"content": piece.text})
-            if piece.finish_reason is not None:
-                yield chunk({}, piece.finish_reason)
+        # closed explicitly, at once, when the client leaves (see ClosingStream)
+        with closing(self.backend.pieces(ids, req.sampling)) as pieces:
+            for piece in until_stop(pieces, req.stop):
+                tokens = piece.completion_tokens or tokens
+                if piece.text:
+                    yield chunk({"content": piece.text})
+                if piece.finish_reason is not None:
+                    yield chunk({}, piece.finish_reason)
         if req.include_usage:
             usage = {"id": cid, "object": "chat.completion.chunk", "created": created,
                      "model": self.model, "system_fingerprint": self.backend.name,
@@ -334,8 +338,28 @@ def add_routes(app, service: ChatCompletions, api_key: str | None = None) -> Non
             finally:
                 service.release()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return ClosingStream(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed response that closes its generator as soon as the response ends, however
+    it ends. When a client leaves, Starlette stops iterating a sync generator but never
+    closes it: it lingered until garbage collection (minutes), and with it the generation
+    thread, blocked on its full queue while holding the model's slot (issue 23)."""
+
+    def __init__(self, source: Generator[str, None, None], **kwargs: Any):
+        super().__init__(source, **kwargs)
+        self.source = source
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Not running now: Starlette's worker-thread step is not abandoned on cancel, so
+            # it has returned. Closing runs the generator's finally blocks: the slot and the
+            # queue place are released and the generation thread told to stop.
+            self.source.close()
 
 
 async def _read_capped(request, limit: int) -> bytes:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -20,6 +23,9 @@ from tests.serving.conftest import free_port, start_app, stop_app
 
 MESSAGES = [{"role": "user", "content": "What is 12 + 34?"}]
 KEY = "test-key-0123456789"
+SERVER_PIDS: dict[str, int] = {}  # a running server's base URL → its process id
+DROPS = 4  # streams a test drops
+LONG = 300  # tokens a dropped stream asks for: far more than the queue between threads holds
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +57,7 @@ def server(request, api_model: Path, tmp_path_factory) -> Iterator[tuple[str, st
     greedy = load_backend(api_model, backend).generate(MESSAGES, 24)
     assert len(greedy) > 8, "the test needs a reply long enough to cut"
     proc, url = start_api(api_model, backend, tmp_path_factory.mktemp("log") / "api.log")
+    SERVER_PIDS[url] = proc.pid
     try:
         yield backend, url, greedy
     finally:
@@ -71,6 +78,49 @@ def raw_stream(url: str, body: dict, headers: dict | None = None) -> list[str]:
 
 def model_id(url: str) -> str:
     return client(url).models.list().data[0].id
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+
+
+def drop_stream(url: str, model: str, chunks: int = 3) -> None:
+    """Start a long stream over a raw socket, read `chunks` events, then close the socket."""
+    parts = urlsplit(url)
+    body = json.dumps({"model": model, "messages": MESSAGES, "max_tokens": LONG,
+                       "stream": True, "temperature": 0}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as s:
+        s.sendall(head + body)
+        seen = b""
+        while seen.count(b"data: ") < chunks:
+            part = s.recv(4096)  # a timeout here: an earlier dropped stream still holds the model
+            assert part, seen
+            seen += part
+
+
+def test_dropped_streams_free_the_model_at_once(server):
+    """Issue 23: an abandoned stream held the model until garbage collection (minutes)."""
+    _, url, _ = server
+    pid, model = SERVER_PIDS[url], model_id(url)
+    plain = {"model": model, "messages": MESSAGES, "max_tokens": 4}
+    raw_stream(url, {**plain, "stream": True})  # the server's worker threads exist now
+    baseline = threads_of(pid)
+    for _ in range(DROPS):
+        drop_stream(url, model)
+    start = time.monotonic()
+    r = httpx.post(f"{url}/v1/chat/completions", json=plain, timeout=120)
+    waited = time.monotonic() - start
+    assert r.status_code == 200 and waited < 10, f"answered after {waited:.1f} s"
+    # The server's pool may have grown a worker meanwhile; anyio retires one idle for 10 s
+    # when the next request comes, so keep asking a little longer than that.
+    deadline = time.monotonic() + 30
+    while threads_of(pid) > baseline and time.monotonic() < deadline:
+        time.sleep(2)
+        httpx.post(f"{url}/v1/chat/completions", json=plain, timeout=120)
+    assert threads_of(pid) <= baseline
 
 
 def test_models_lists_the_folder_name(server, api_model):
