@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from serving import device
 from serving.helpers import (
     ArgumentParser,
     UsageError,
@@ -76,6 +77,8 @@ class FinetuneSettings:
     eval_per_task: int = 200
     curve_every: int = 0  # measure held-out accuracy every this many steps (0: only at the end)
     curve_per_task: int = 100  # questions per taught task for each point of that curve
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
+    precision: str = "auto"  # auto|fp32|bf16|fp16
 
     def check(self) -> None:
         require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
@@ -201,22 +204,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the base vs fine-tuned evaluation")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off by default: it runs arbitrary code)")
+    device.add_arguments(p)
     args = p.parse_args(argv)
     out: Path = args.out
     s = load_settings(FinetuneSettings, out, "finetune",
                       {k: getattr(args, k) for k in ("base", "dataset", "steps", "seed",
                                                       "batch_size", "checkpoint_every", "lr",
-                                                      "lora_r")})
+                                                      "lora_r", "device", "precision")})
+    placement = device.resolve(s.device, s.precision)
     if not s.base:
         raise UsageError(f"no base model: give --base or set finetune.base in {out}/recipe.yaml; "
                          f"run: python -m training.finetune --base models/tiny-base --out {out}")
     check_output(out, s.base)
     check_base(s.base)
-    rank, world = start_run(out, s.seed)
+    rank, world = start_run(out, s.seed, placement)
 
     rows = load_rows(s.dataset, s.split, taught=s.tasks, turns=s.turns, seed=s.seed,
                      limit=s.task_limit)
     model, tok = load_base(s.base, args.trust_remote_code)
+    model.to(placement.device)
     if s.general_replay:
         replay = self_distilled_rows(model, tok, GENERAL_PROMPTS, s.replay_tokens)
         rows += replay * s.general_replay
@@ -242,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     curve: list[dict] = []
     result = train(model, get_batch, len(enc.input_ids), cfg, ckpt, resume=args.resume,
                    desc="finetune", lengths=lengths, settings=settings,
-                   on_step=learning_curve(model, tok, s, curve) if s.curve_every else None)
+                   on_step=learning_curve(model, tok, s, curve) if s.curve_every else None,
+                   placement=placement)
     if rank != 0:
         return
 
@@ -259,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         "final_train_loss": result.history[-1][1],
         "accuracy_over_steps": curve,
         "world_size": world,
+        **placement.record(),
         "rank_checksums": result.rank_checksums,
     }
     base_is_local = Path(s.base).is_dir()
@@ -266,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
                  "base_weights": weights_fingerprint(s.base) if base_is_local else None}
 
     def save(folder: Path) -> None:
+        model.to("cpu")  # float32 safetensors that name no device, whatever trained them
         model.save_pretrained(folder / "adapter")  # PEFT format: adapter_config.json + safetensors
         model.merge_and_unload().save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)

@@ -35,6 +35,7 @@ def answer(model, tok, questions: list[str], n: int = 1, temperature: float = 0.
     prompts = [chat.encode([{"role": "user", "content": q}]).ids for q in questions]
     flat = [p for p in prompts for _ in range(n)]
     out: list[Reply] = []
+    where = getattr(model, "device", torch.device("cpu"))  # the prompts go where the model is
     was_training = model.training
     model.eval()
     sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": 1.0} \
@@ -42,8 +43,8 @@ def answer(model, tok, questions: list[str], n: int = 1, temperature: float = 0.
     try:
         for i in range(0, len(flat), batch):
             ids, mask = left_pad(flat[i:i + batch], pad)
-            gen = model.generate(input_ids=torch.from_numpy(ids),
-                                 attention_mask=torch.from_numpy(mask),
+            gen = model.generate(input_ids=torch.from_numpy(ids).to(where),
+                                 attention_mask=torch.from_numpy(mask).to(where),
                                  max_new_tokens=max_new_tokens, eos_token_id=stop,
                                  pad_token_id=pad, **sampling)
             for row in gen[:, ids.shape[1]:].tolist():

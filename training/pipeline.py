@@ -24,7 +24,7 @@ from typing import Any
 
 from serving.helpers import ArgumentParser, UsageError, cli_main, weights_fingerprint
 from serving.runtimes import RUNTIMES
-from training.stage import CHECKPOINT, DONE_MARKER, RECIPE, read_recipe
+from training.stage import CHECKPOINT, DONE_MARKER, RECIPE, RESUMABLE_CHANGES, read_recipe
 
 MODELS = Path("models")
 DEFAULT_RECIPE = "tiny-chat"
@@ -175,7 +175,8 @@ def is_current(stage: Stage, fingerprint: Fingerprints) -> bool:
     made_from = record.get("made_from") or {}
     if "settings" in stage.expect:  # a training stage: the recipe's settings and its base
         kept = record.get("settings") or {}
-        if any(kept.get(k) != v for k, v in stage.expect["settings"].items()):
+        if any(kept.get(k) != v for k, v in stage.expect["settings"].items()
+               if k not in RESUMABLE_CHANGES):  # e.g. another device: the same model
             return False
         base = stage.expect.get("base")
         if base is None or not base.is_dir():
@@ -195,7 +196,7 @@ def can_resume(stage: Stage) -> bool:
     except (OSError, ValueError):
         return False
     wanted = json.loads(json.dumps(stage.expect["settings"], default=str))
-    return all(saved.get(k) == v for k, v in wanted.items())
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in RESUMABLE_CHANGES)
 
 
 def main(argv: list[str] | None = None) -> None:

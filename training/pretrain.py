@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from serving import device
 from serving.helpers import ArgumentParser, UsageError, cli_main
 from training import corpus
 from training import tokenizer as tokenizer_lib
@@ -51,6 +52,8 @@ class PretrainSettings:
     pydoc_chars: int = 1_500_000
     fact_repeats: dict = field(default_factory=lambda: dict(corpus.DEFAULT_FACT_REPEATS))
     checkpoint_every: int = 100
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
+    precision: str = "auto"  # auto|fp32|bf16|fp16
 
     def check(self) -> None:
         require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
@@ -101,7 +104,7 @@ def mean_loss(model, windows: np.ndarray, batch: int = 64) -> float:
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(windows), batch):
-        x = torch.from_numpy(windows[i : i + batch])
+        x = torch.from_numpy(windows[i : i + batch]).to(model.device)
         total += float(model(input_ids=x, labels=x).loss) * len(x)
         count += len(x)
     return total / max(1, count)
@@ -119,13 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
                    help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    device.add_arguments(p)
     args = p.parse_args(argv)
     out: Path = args.out
     check_output(out)
     s = load_settings(PretrainSettings, out, "pretrain",
                       {k: getattr(args, k) for k in ("steps", "seed", "batch_size", "seq_len", "lr",
-                                                      "checkpoint_every")})
-    rank, world = start_run(out, s.seed)
+                                                      "checkpoint_every", "device", "precision")})
+    placement = device.resolve(s.device, s.precision)
+    rank, world = start_run(out, s.seed, placement)
 
     # 1. Data and tokenizer. On resume, reuse the saved tokenizer so ids stay the same.
     docs = corpus.build_documents(s.pydoc_chars, s.fact_repeats, seed=s.seed)
@@ -160,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                       batch_size=s.batch_size, seed=s.seed, checkpoint_every=s.checkpoint_every)
     settings = asdict(s)
     result = train(model, get_batch, len(train_windows), cfg, ckpt, resume=args.resume,
-                   desc="pretrain", save_extra=tok.save_pretrained, settings=settings)
+                   desc="pretrain", save_extra=tok.save_pretrained, settings=settings,
+                   placement=placement)
     if rank != 0:
         return
 
@@ -176,11 +182,13 @@ def main(argv: list[str] | None = None) -> None:
         "val_loss": round(val_loss, 4),
         "val_perplexity": round(math.exp(val_loss), 3),
         "world_size": world,
+        **placement.record(),
         "rank_checksums": result.rank_checksums,
     }
 
     def save(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
+        with device.on_cpu_for_saving(model):  # float32 safetensors, whatever the device
+            model.save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)
 
     def card(_evals: dict) -> dict:

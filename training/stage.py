@@ -36,6 +36,9 @@ S = TypeVar("S")
 RECIPE = "recipe.yaml"
 DONE_MARKER = "metrics.json"  # published last: a folder with it holds a whole stage's result
 CHECKPOINT = "checkpoint"  # <out>/checkpoint: where a running stage saves, and --resume reads
+# Settings that may change between a run and its resume, or between a recipe and the folder it
+# built, without changing the result (device and precision: a run may go on on another machine).
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_per_task", "device", "precision"})
 
 
 # ---------------------------------------------------------------------------- settings

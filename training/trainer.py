@@ -1,6 +1,8 @@
 """One training loop for pretraining and fine-tuning: AdamW, warm-up + cosine schedule, gradient
 clipping, safetensors checkpoints that resume exactly, and data-parallel runs under
-`torchrun` / `accelerate launch` (gloo on CPU).
+`torchrun` / `accelerate launch` (NCCL with one GPU per rank, gloo on the CPU), on any device and
+precision `serving.device` resolves (autocast over float32 weights; checkpoints are float32 on the
+CPU, so a run resumes on another device).
 
 Batches are a pure function of (seed, step): resuming at step k sees exactly the batches an
 uninterrupted run would have seen, so the final weights are the same.
@@ -25,10 +27,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from serving.device import CPU, Placement, to_device
 from serving.helpers import AtomicDir, UsageError, atomic_write_json
-
-# Settings that may change between a run and its resume without changing the result.
-RESUMABLE_CHANGES = {"checkpoint_every", "eval_per_task"}
+from training.stage import RESUMABLE_CHANGES
 
 
 @dataclass
@@ -126,33 +127,37 @@ class LabelledLoss(torch.nn.Module):
 
 
 def backward_in_parts(net: torch.nn.Module, batches: list[dict[str, torch.Tensor]],
-                      world: int = 1) -> torch.Tensor:
+                      world: int = 1, placement: Placement = CPU,
+                      scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Backpropagate one batch given as micro-batches; returns the batch's mean loss.
 
     The model's loss is a mean over one micro-batch's loss tokens; weighting each by its share
-    of all loss tokens makes the gradients add up to those of the whole batch at once.
+    of all loss tokens makes the gradients add up to those of the whole batch at once. The
+    forward pass runs under the placement's autocast, the backward pass outside it (as torch
+    recommends), through `scaler` when float16 needs one.
     """
-    if len(batches) == 1:
-        loss = net(**batches[0])
-        loss.backward()
-        return loss.detach()
-    counts = [_label_tokens(b) for b in batches]
-    total = torch.zeros(())
+    counts = [_label_tokens(b) for b in batches] if len(batches) > 1 else [1]
+    total = torch.zeros((), device=placement.device)
     for i, (b, count) in enumerate(zip(batches, counts)):
         # data-parallel: average gradients across processes once, after the last part
         sync = nullcontext() if world == 1 or i == len(batches) - 1 else net.no_sync()
         with sync:
-            part = net(**b) * (count / sum(counts))
-            part.backward()
-        total += part.detach()
+            with placement.autocast():
+                part = net(**b) * (count / sum(counts)) if len(batches) > 1 else net(**b)
+            (scaler.scale(part) if scaler is not None else part).backward()
+        total += part.detach().float()
     return total
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world_size); joins the process group when launched by torchrun/accelerate."""
+def distributed(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world_size); joins the process group when launched by torchrun/accelerate: NCCL
+    when each rank has a GPU (its LOCAL_RANK's), gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        on_gpu = device is not None and device.type == "cuda"
+        if on_gpu:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if on_gpu else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -162,12 +167,15 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(out: Path, seed: int) -> tuple[int, int]:
+def start_run(out: Path, seed: int, placement: Placement = CPU) -> tuple[int, int]:
     """Common start of a training stage: check the output path, join the process group when
-    launched by torchrun/accelerate, seed everything, share the cores among processes."""
+    launched by torchrun/accelerate, seed everything, share the cores among processes, and say
+    where the run goes (device and precision)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
-    rank, world = distributed()
+    rank, world = distributed(placement.device)
+    if rank == 0:
+        print(f"running on {placement.describe()}", flush=True)
     set_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
     return rank, world
@@ -198,12 +206,13 @@ def save_checkpoint(ckpt: Path, model, opt, step: int, result: TrainResult,
     check_finite(model, step, ckpt)
     params = _trainable(model)
     tensors, opt_tensors = {}, {}
-    for name, p in params.items():
-        tensors[name] = p.detach().contiguous()
+    for name, p in params.items():  # float32 on the CPU: the file names no device
+        tensors[name] = p.detach().to("cpu", torch.float32).contiguous()
         state = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq", "step"):
             if key in state:
-                opt_tensors[f"{name}::{key}"] = torch.as_tensor(state[key]).reshape(-1).clone()
+                opt_tensors[f"{name}::{key}"] = (torch.as_tensor(state[key]).reshape(-1)
+                                                 .to("cpu", torch.float32).clone())
     with AtomicDir(ckpt) as tmp:
         save_file(tensors, tmp / "trainable.safetensors")
         save_file(opt_tensors, tmp / "optimizer.safetensors")
@@ -240,11 +249,12 @@ def load_checkpoint(ckpt: Path, model, opt, result: TrainResult) -> int:
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name])
-            if f"{name}::step" in opt_tensors:
+            if f"{name}::step" in opt_tensors:  # moments beside their parameter; step on CPU
                 opt.state[p] = {
                     "step": opt_tensors[f"{name}::step"].reshape(()),
-                    "exp_avg": opt_tensors[f"{name}::exp_avg"].reshape(p.shape),
-                    "exp_avg_sq": opt_tensors[f"{name}::exp_avg_sq"].reshape(p.shape),
+                    "exp_avg": opt_tensors[f"{name}::exp_avg"].reshape(p.shape).to(p.device),
+                    "exp_avg_sq": opt_tensors[f"{name}::exp_avg_sq"].reshape(p.shape)
+                    .to(p.device),
                 }
     state = json.loads((ckpt / "state.json").read_text())
     result.history = [tuple(h) for h in state["history"]]
@@ -267,41 +277,52 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], cfg: TrainConfig) -> t
 def take_step(net: torch.nn.Module, opt: torch.optim.Optimizer,
               get_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], n_items: int,
               cfg: TrainConfig, step: int, lengths: np.ndarray | None = None, rank: int = 0,
-              world: int = 1) -> tuple[torch.Tensor, int]:
+              world: int = 1, placement: Placement = CPU,
+              scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, int]:
     """Step `step` of the run `cfg` describes: this process's share of the step's batch (as
-    short and long micro-batches when `lengths` is given), the step's learning rate, gradients
-    clipped to cfg.grad_clip. Returns the batch's mean loss and the tokens this process read.
-    A non-finite loss leaves the weights as they were (the caller decides what to do)."""
+    short and long micro-batches when `lengths` is given) on the placement's device, the step's
+    learning rate, gradients clipped to cfg.grad_clip. Returns the batch's mean loss and the
+    tokens this process read. A non-finite loss leaves the weights as they were (the caller
+    decides what to do)."""
     local = cfg.batch_size // world
     idx = epoch_sampler(n_items, cfg.batch_size, cfg.seed, step)[rank * local:(rank + 1) * local]
     parts = [idx] if lengths is None else split_by_length(idx, lengths)
-    batches = [get_batch(part) for part in parts]
+    batches = [to_device(get_batch(part), placement.device) for part in parts]
     for group in opt.param_groups:
         group["lr"] = lr_at(step, cfg)
     opt.zero_grad(set_to_none=True)
-    loss = backward_in_parts(net, batches, world)
+    loss = backward_in_parts(net, batches, world, placement, scaler)
     if math.isfinite(float(loss)):
         params = [p for group in opt.param_groups for p in group["params"]]
+        if scaler is not None:
+            scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
     return loss, sum(int(b["attention_mask"].sum()) for b in batches)
 
 
 def train_window(model: torch.nn.Module,
                  get_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], n_items: int,
-                 cfg: TrainConfig, steps: range, lengths: np.ndarray | None = None
-                 ) -> list[float]:
+                 cfg: TrainConfig, steps: range, lengths: np.ndarray | None = None,
+                 placement: Placement = CPU) -> list[float]:
     """Steps `steps` of the run `cfg` describes — the same batches and learning rates `train`
     gives those steps — from a fresh optimizer, with no checkpoint and no progress bar: one
     round of a federated client, which keeps no state between rounds. Returns the losses; a
     non-finite one raises FloatingPointError."""
+    model.to(placement.device)
     params = _trainable(model)
     opt = make_optimizer(params, cfg)
+    scaler = placement.grad_scaler()
     net = LabelledLoss(model)
     model.train()
     losses = []
     for step in steps:
-        loss = float(take_step(net, opt, get_batch, n_items, cfg, step, lengths)[0])
+        loss = float(take_step(net, opt, get_batch, n_items, cfg, step, lengths,
+                               placement=placement, scaler=scaler)[0])
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {step}")
         losses.append(loss)
@@ -321,6 +342,7 @@ def train(
     lengths: np.ndarray | None = None,
     settings: dict | None = None,
     on_step: Callable[[int], None] | None = None,
+    placement: Placement = CPU,
 ) -> TrainResult:
     """Train `model` in place. `get_batch(indices)` turns item indices into model inputs;
     `save_extra(folder)` adds files of the caller's to every checkpoint. With `lengths`
@@ -329,13 +351,16 @@ def train(
     `settings` (the stage's) are stored in every checkpoint; a resume with others is refused.
     `on_step(steps_done)` runs after every step (rank 0; e.g. an evaluation), off the clock.
     With `checkpoint_dir` None nothing is saved (a baseline that is not kept). A non-finite
-    loss or weight stops the run with one line, keeping the last good checkpoint."""
-    rank, world = distributed()
+    loss or weight stops the run with one line, keeping the last good checkpoint. The model
+    trains on `placement`'s device (it stays there afterwards)."""
+    rank, world = distributed(placement.device)
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
     torch.manual_seed(cfg.seed)
+    model.to(placement.device)
     params = _trainable(model)
     opt = make_optimizer(params, cfg)
+    scaler = placement.grad_scaler()
     result = TrainResult()
     start = 0
     if resume and checkpoint_dir is not None and (checkpoint_dir / "state.json").exists():
@@ -344,13 +369,15 @@ def train(
         result.resumed_from = start
     net = LabelledLoss(model)
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net)
+        ids = [placement.device.index] if placement.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     model.train()
     t0 = time.perf_counter() - result.seconds
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=rank != 0, initial=start,
                total=cfg.steps, dynamic_ncols=True)
     for step in bar:
-        loss, tokens = take_step(net, opt, get_batch, n_items, cfg, step, lengths, rank, world)
+        loss, tokens = take_step(net, opt, get_batch, n_items, cfg, step, lengths, rank, world,
+                                 placement, scaler)
         if not math.isfinite(float(loss)):
             raise Diverged(step, f"the loss is {float(loss)}", checkpoint_dir)
         result.tokens += tokens * world
@@ -386,7 +413,7 @@ def weights_checksum(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
         digest.update(name.encode())
-        digest.update(p.detach().contiguous().numpy().tobytes())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
