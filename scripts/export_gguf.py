@@ -20,9 +20,9 @@ from serving.helpers import (  # noqa: E402
     atomic_write_json,
     atomic_write_text,
     cli_main,
-    require_writable,
+    require_writable_file,
 )
-from training.export.gguf import OUTTYPES, export_gguf, read_config  # noqa: E402
+from training.export.gguf import OUTTYPES, export_gguf, file_stem, read_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,14 +41,17 @@ def main(argv: list[str] | None = None) -> None:
 
     model: Path = args.model
     config = read_config(model)  # one-line errors for non-models and unsupported architectures
-    name = args.name or model.resolve().name
+    name = file_stem(args.name) if args.name is not None else model.resolve().name
     out_dir = args.out_dir or model / "gguf"
     target = out_dir / f"{name}-{args.outtype}.gguf"
     if target.exists() and not args.force:
         raise UsageError(f"{target} exists; to overwrite it, run: python scripts/export_gguf.py "
                          f"{model} --outtype {args.outtype} --force")
-
-    require_writable(target)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir} is a file; give a folder")
+    for path in (target, args.json):  # both before the export, not after it
+        if path is not None:
+            require_writable_file(path)
     from training.export.ollama import modelfile_for
 
     # The Modelfile is derived first: a template Ollama cannot express fails before the export.

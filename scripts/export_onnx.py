@@ -13,7 +13,8 @@ def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python scripts/export_onnx.py", description=__doc__)
     p.add_argument("model", type=Path, help="model folder (config.json + model.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing onnx/ folder")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18,
+                   help="ONNX opset: 18 (default) or newer; export.json records the one written")
     args = p.parse_args(argv)
     from training.export.onnx import describe, export_onnx
 

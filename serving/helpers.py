@@ -203,6 +203,15 @@ def require_writable(target: str | Path) -> None:
                          "choose another output folder")
 
 
+def require_writable_file(target: str | Path) -> None:
+    """require_writable for an output file (--json, a report): a folder there would fail the
+    write only after all the work, with IsADirectoryError."""
+    target = Path(target)
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder; give a file name, e.g. {target / 'out.json'}")
+    require_writable(target)
+
+
 def make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

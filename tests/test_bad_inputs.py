@@ -217,3 +217,69 @@ def test_weights_load_from_safetensors_only(good_model, tmp_path):
 
     assert load_backend(model, "torch").generate([{"role": "user", "content": "hi"}], 2) is not None
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export_gguf", "federated", "digits", "images"])
+def test_a_folder_given_as_the_json_output_is_refused_before_the_work(good_model, tmp_path,
+                                                                       command):
+    """--json names a file; a folder there used to end in IsADirectoryError after the work."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    argv = {
+        "evaluate": ["-m", "training.evaluate", "--model", str(good_model), "--per-task", "1"],
+        "export_gguf": ["scripts/export_gguf.py", str(good_model), "--out-dir",
+                        str(tmp_path / "gguf")],
+        "federated": ["-m", "training.federated", "--base", str(good_model), "--clients", "1",
+                      "--rounds", "1", "--no-baselines"],
+        "digits": ["-m", "training.federated.digits", "--clients", "1", "--rounds", "1",
+                   "--no-centralized"],
+        "images": ["-m", "training.images", "--task", "classify", "--epochs", "1"],
+    }[command]
+    proc = run([*argv, "--json", str(folder)], timeout=60)
+    assert_contract(proc)
+    assert "is a folder" in proc.stderr
+    assert not (tmp_path / "gguf").exists()  # refused before the export, not after
+
+
+@pytest.mark.parametrize("exporter", ["export_onnx", "export_gguf"])
+def test_a_garbage_tokenizer_is_refused_by_the_exporters_with_nothing_written(good_model,
+                                                                               tmp_path, exporter):
+    model = tmp_path / "m"
+    shutil.copytree(good_model, model)
+    (model / "tokenizer.json").write_text("{ this is not json")
+    proc = run([f"scripts/{exporter}.py", str(model)])
+    assert_contract(proc)
+    assert "tokenizer" in proc.stderr
+    assert not (model / "onnx").exists() and not (model / "gguf").exists()
+
+
+def test_an_onnx_opset_the_exporter_cannot_write_is_refused(good_model, tmp_path):
+    """torch's exporter writes opset 18 when asked for less; recording the asked-for 1 lied."""
+    model = tmp_path / "m"
+    shutil.copytree(good_model, model)
+    proc = run(["scripts/export_onnx.py", str(model), "--opset", "1"])
+    hint = assert_contract(proc)
+    assert "--opset 18" in hint and not (model / "onnx").exists()
+
+
+def test_the_onnx_export_records_the_opset_it_wrote(good_model, tmp_path):
+    import onnx
+
+    model = tmp_path / "m"
+    shutil.copytree(good_model, model)
+    proc = run(["scripts/export_onnx.py", str(model)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    graph = onnx.load(str(model / "onnx" / "model.onnx"), load_external_data=False)
+    wrote = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    assert json.loads((model / "onnx" / "export.json").read_text())["opset"] == wrote
+
+
+@pytest.mark.parametrize("name", ["../../escape", "sub/escape", "..", ".hidden", ""])
+def test_a_gguf_name_that_is_not_a_plain_file_name_is_refused(good_model, tmp_path, name):
+    model = tmp_path / "models" / "m"
+    shutil.copytree(good_model, model)
+    before = sorted(tmp_path.rglob("*"))
+    proc = run(["scripts/export_gguf.py", str(model), "--name", name])
+    assert_contract(proc)
+    assert "--name" in proc.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, inside or outside

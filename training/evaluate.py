@@ -23,6 +23,7 @@ from serving.helpers import (
     first_line,
     made_by_hint,
     require_model,
+    require_writable_file,
     weights_fingerprint,
 )
 from serving.runtimes import RUNTIMES, load_backend
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError("--per-task must be >= 1; see: python -m training.evaluate --help")
     if args.gguf and args.runtime != "gguf":
         raise UsageError("--gguf needs --runtime gguf; see: python -m training.evaluate --help")
+    if args.json:
+        require_writable_file(args.json)  # before the evaluation, not after
     report = evaluate(args.model, args.runtime, args.per_task, args.seed, args.gguf)
     for task, r in report["tasks"].items():
         print(f"{task:12s} {r['accuracy']:6.1%}  ({r['correct']}/{r['n']})")

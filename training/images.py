@@ -41,7 +41,7 @@ from serving.helpers import (
     atomic_path,
     atomic_write_json,
     cli_main,
-    require_writable,
+    require_writable_file,
 )
 
 PROG = "python -m training.images"
@@ -402,9 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     outputs = [args.json] + ([args.samples, grid] if args.task == "generate" else [])
     for out in outputs:
         if out is not None:
-            if out.is_dir():
-                raise UsageError(f"{out} is a folder; give a file name")
-            require_writable(out)
+            require_writable_file(out)
 
     if args.task == "classify":
         report = classify(settings)

@@ -81,6 +81,16 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {err}") from None
 
 
+def file_stem(name: str) -> str:
+    """`name` when it is a plain file name stem (--name), or a UsageError: a path in it
+    (`../../escape`) would write the GGUF outside the output folder, and a leading dot would
+    hide it (and look like one of the atomic writers' temporary files)."""
+    if not name or name.startswith(".") or Path(name).name != name or "\\" in name:
+        raise UsageError(f"--name {name!r} must be a plain file name, without a path or a "
+                         "leading dot (e.g. --name tiny-chat)")
+    return name
+
+
 def read_config(model_dir: Path) -> dict[str, Any]:
     """config.json of a finished Llama model folder, or a one-line UsageError."""
     require_model(model_dir, made_by_hint(model_dir))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.helpers import UsageError
+from training.export import load_tokenizer
 
 ROLES = ("system", "user", "assistant")
 S, U1 = "\u2063SYS\u2063", "\u2063USER1\u2063"
@@ -207,7 +208,4 @@ def modelfile(gguf_name: str, tokenizer, context_length: int | None = None,
 
 def modelfile_for(model_dir: str | Path, gguf_path: str | Path, **kw: Any) -> str:
     """The Modelfile text for a model folder's tokenizer and one of its GGUF files (next to it)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return modelfile(Path(gguf_path).name, tokenizer, **kw)
+    return modelfile(Path(gguf_path).name, load_tokenizer(model_dir), **kw)

@@ -28,8 +28,10 @@ from serving.helpers import (
     require_writable,
     weights_fingerprint,
 )
+from training.export import load_tokenizer
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
+MIN_OPSET = 18  # torch's dynamo exporter writes nothing older
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "config.json", "generation_config.json")
 
@@ -98,14 +100,15 @@ def example_inputs(config, batch: int = 1, seq: int = 3, past: int = 2):
 
 def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> Path:
     """Write <model_dir>/onnx/ (model.onnx + tokenizer files + export.json); return its path."""
-    import onnx
-
     model_dir = Path(model_dir)
     out = model_dir / "onnx"
     if out.exists() and not force:
         raise UsageError(f"{out} exists; to overwrite it, run: python scripts/export_onnx.py "
                          f"{model_dir} --force")
     require_writable(out)
+    check_opset(opset, model_dir)
+    require_model(model_dir, made_by_hint(model_dir))
+    load_tokenizer(model_dir)  # what serving loads beside the graph: refused now, not there
     model = load_checked(model_dir)
     wrapper = DecoderWithCache(model).eval()
     args = example_inputs(model.config)
@@ -118,7 +121,7 @@ def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> 
         torch.onnx.export(wrapper, args, str(tmp / "model.onnx"), dynamo=True, opset_version=opset,
                           input_names=names_in, output_names=names_out, dynamic_shapes=dynamic,
                           external_data=False, verbose=False)
-        onnx.checker.check_model(str(tmp / "model.onnx"))
+        check_written(tmp / "model.onnx", opset, model_dir)
         for name in TOKENIZER_FILES:
             if (model_dir / name).exists():
                 shutil.copy(model_dir / name, tmp / name)
@@ -129,6 +132,33 @@ def export_onnx(model_dir: str | Path, force: bool = False, opset: int = 18) -> 
             "made_from": {"weights": weights_fingerprint(model_dir)},
         })
     return out
+
+
+def check_opset(opset: int, model_dir: Path) -> None:
+    """torch's exporter writes at least opset 18 (asked for less, it writes 18 all the same),
+    and onnx knows none past its own newest: refuse those before the work."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UsageError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {newest}; "
+                         f"run: python scripts/export_onnx.py {model_dir} --opset {MIN_OPSET}")
+
+
+def check_written(path: Path, opset: int, model_dir: Path) -> None:
+    """The graph passes onnx's checker and is the opset asked for (export.json records it)."""
+    import onnx
+
+    hint = f"run: python scripts/export_onnx.py {model_dir} --force --opset {MIN_OPSET}"
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as err:
+        raise UsageError(f"the graph exported at opset {opset} is not valid ONNX "
+                         f"({first_line(err)}); {hint}") from None
+    graph = onnx.load(str(path), load_external_data=False)
+    wrote = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
+    if wrote != opset:
+        raise UsageError(f"asked for opset {opset}, the exporter wrote {wrote}; {hint}")
 
 
 def parity_check(model, onnx_path: Path) -> float:

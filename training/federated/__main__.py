@@ -18,6 +18,7 @@ from serving.helpers import (
     UsageError,
     atomic_write_json,
     cli_main,
+    require_writable_file,
     show_warnings_as_lines,
 )
 
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     from training.finetune import check_base
 
     check_base(s.base)
+    if args.json:
+        require_writable_file(args.json)  # before the rounds, not after
     faults = faults_from(args, s.clients)
     ckpt = args.checkpoint or (args.json.with_name(args.json.name + ".ckpt") if args.json
                                else None)

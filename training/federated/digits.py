@@ -24,6 +24,7 @@ from serving.helpers import (
     UsageError,
     atomic_write_json,
     cli_main,
+    require_writable_file,
     show_warnings_as_lines,
 )
 
@@ -277,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     s = DigitsSettings(clients=args.clients, split=args.split, alpha=args.alpha,
                        rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
                        seed=args.seed, clip=args.clip, noise=args.noise)
+    if args.json:
+        require_writable_file(args.json)  # before the rounds, not after
     faults = faults_from(args, s.clients)
     ckpt = args.checkpoint or (args.json.with_name(args.json.name + ".ckpt") if args.json
                                else None)
