@@ -9,9 +9,12 @@ model, under its folder's name: what requests pass as `model`), GET /health. The
 (`python -m serving.app`) serves the same routes beside its page.
 
 Settings: temperature, top_p, max_tokens (or max_completion_tokens), stop, seed,
-stream_options.include_usage. Errors come in OpenAI's JSON shape: 400 invalid request or a
-prompt over the context, 401 a missing or wrong key, 404 an unknown model or route, 413 a body
-over the size cap, 503 when the queue is full.
+stream_options.include_usage; messages with text content (a string or text parts). What a text
+model cannot do (tools, functions, response_format other than text, logprobs, penalties,
+logit_bias, image parts) is refused with 400 naming the field, never silently ignored. Errors
+come in OpenAI's JSON shape: 400 invalid request, a missing model or a prompt over the context
+(code context_length_exceeded), 401 a missing or wrong key, 404 an unknown model or route, 413
+a body over the size cap, 503 when the queue is full.
 
 With --backend gguf and --parallel N, llama.cpp runs N requests in one batch (its slots and
 continuous batching); the other backends generate one reply at a time.
@@ -36,7 +39,6 @@ from fastapi import Request  # at module level: FastAPI reads the route's annota
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from serving.backend import Backend, BackendError, Piece, Sampling
-from serving.chat import text_of
 from serving.helpers import (
     ArgumentParser,
     UsageError,
@@ -90,37 +92,14 @@ def parse_request(body: Any, model: str, limits: ApiLimits) -> ChatRequest:
     """A validated request, or an ApiError naming the field that is wrong."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    if body.get("model") != model:
-        raise ApiError(404, f"The model {body.get('model')!r} does not exist; this server has "
+    if not isinstance(body.get("model"), str):
+        raise ApiError(400, "you must provide a model parameter (GET /v1/models lists it)",
+                       param="model")
+    if body["model"] != model:
+        raise ApiError(404, f"The model {body['model']!r} does not exist; this server has "
                             f"{model!r} (GET /v1/models)", "model_not_found", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list", param="messages")
-    if len(messages) > limits.max_messages:
-        raise ApiError(400, f"at most {limits.max_messages} messages", param="messages")
-    parsed = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}",
-                           param=f"messages[{i}].role")
-        content = m.get("content")
-        if not isinstance(content, (str, list)):
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of text "
-                                "parts", param=f"messages[{i}].content")
-        text = text_of(content)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(400, f"messages[{i}].content is not valid text",
-                           param=f"messages[{i}].content") from None
-        parsed.append({"role": "system" if m["role"] == "developer" else m["role"],
-                       "content": text})
-    if parsed[-1]["role"] == "assistant":
-        raise ApiError(400, "the last message must be from the user or the system",
-                       param="messages")
-    if sum(len(m["content"]) for m in parsed) > limits.max_input_chars:
-        raise ApiError(413, f"the messages are over {limits.max_input_chars} characters",
-                       "context_length_exceeded", "messages")
+    refuse_unsupported(body)
+    parsed = parse_messages(body.get("messages"), limits)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     max_tokens = limits.default_tokens if max_tokens is None else max_tokens
     if not _is_int(max_tokens) or not 1 <= max_tokens <= limits.max_tokens:
@@ -150,6 +129,78 @@ def parse_request(body: Any, model: str, limits: ApiLimits) -> ChatRequest:
                        param="stream")
     return ChatRequest(parsed, Sampling(int(max_tokens), temperature, top_p, int(seed) % 2**31),
                        stream, bool(options.get("include_usage")), stop)
+
+
+# OpenAI settings this server cannot honour, with the values that mean "not used" (accepted):
+# a request that asks for more is refused rather than answered as if it had not asked.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "function_call": ("none", "auto"), "response_format": ({"type": "text"},),
+    "logprobs": (False,), "top_logprobs": (0,), "presence_penalty": (0,),
+    "frequency_penalty": (0,), "logit_bias": ({},),
+}
+
+
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    for key, unused in UNSUPPORTED.items():
+        value = body.get(key)
+        if value is not None and not any(_same(value, u) for u in unused):
+            raise ApiError(400, f"{key} is not supported by this server (a small text model "
+                                f"without tools, logprobs, penalties or output formats)",
+                           "unsupported_parameter", key)
+
+
+def _same(value: Any, unused: Any) -> bool:
+    """JSON equality, where true is not 1 (as it is in Python)."""
+    return value == unused and isinstance(value, bool) == isinstance(unused, bool)
+
+
+def parse_messages(messages: Any, limits: ApiLimits) -> list[dict[str, str]]:
+    """The messages as {"role", "content": text}, or an ApiError naming the one that is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list", param="messages")
+    if len(messages) > limits.max_messages:
+        raise ApiError(400, f"at most {limits.max_messages} messages", param="messages")
+    parsed = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}",
+                           param=f"messages[{i}].role")
+        text = content_text(m.get("content"), f"messages[{i}].content")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, f"messages[{i}].content is not valid text",
+                           param=f"messages[{i}].content") from None
+        parsed.append({"role": "system" if m["role"] == "developer" else m["role"],
+                       "content": text})
+    if parsed[-1]["role"] == "assistant":
+        raise ApiError(400, "the last message must be from the user or the system",
+                       param="messages")
+    if sum(len(m["content"]) for m in parsed) > limits.max_input_chars:
+        raise ApiError(400, f"the messages are over {limits.max_input_chars} characters",
+                       "context_length_exceeded", "messages")
+    return parsed
+
+
+def content_text(content: Any, where: str) -> str:
+    """A message's text: a string, or a list of {"type": "text", "text": str} parts (OpenAI's
+    shapes). Anything else, images included, is refused: this model reads text only."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ApiError(400, f"{where} must be a string or a list of text parts", param=where)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" and isinstance(kind, str):
+            raise ApiError(400, f"{where}[{j}] is a {kind[:40]!r} part; this model reads only "
+                                "text parts", "unsupported_content", f"{where}[{j}]")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise ApiError(400, f'{where}[{j}] must be {{"type": "text", "text": "..."}}',
+                           param=f"{where}[{j}]")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def _is_int(value: Any) -> bool:
@@ -314,6 +365,8 @@ def add_routes(app, service: ChatCompletions, api_key: str | None = None) -> Non
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 raise ApiError(400, "the request body is not valid JSON") from None
+            except RecursionError:  # e.g. 100k "[": a chat is never nested that deep
+                raise ApiError(400, "the request body is nested too deeply") from None
             req = parse_request(body, service.model, service.limits)
             ids = service.prepare(req)
             service.admit()

@@ -59,8 +59,9 @@ def sample_next(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator
     whose probability reaches top_p."""
     if sampling.temperature <= 0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / sampling.temperature
-    p = np.exp(z - z.max())
+    z = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the top, as greedy
+        p = np.exp((z - z.max()) / sampling.temperature)  # shifted first: never inf/inf = NaN
     p /= p.sum()
     if sampling.top_p < 1.0:
         order = np.argsort(-p, kind="stable")

@@ -115,6 +115,8 @@ class GgufBackend(Backend):
             if finish is not None:
                 finish = "length" if finish == "length" else "stop"
                 tokens = (chunk.get("usage") or {}).get("completion_tokens", count[0])
+                if finish == "stop":  # llama.cpp counts the end-of-turn token; the others
+                    tokens -= 1  # (and OpenAI) count the reply's tokens only
                 return not emit(Piece(choice.get("text") or "", finish, tokens))
             count[0] += 1
             return not emit(Piece(choice.get("text") or "", completion_tokens=count[0]))

@@ -147,6 +147,7 @@ def test_greedy_stream_equals_the_reply_and_the_backends_own(server):
 def test_the_stream_ends_with_done_and_usage_when_asked(server):
     _, url, _ = server
     events = raw_stream(url, {"model": model_id(url), "messages": MESSAGES, "max_tokens": 6,
+                              "temperature": 0,  # sampled, the reply could end before 6
                               "stream": True, "stream_options": {"include_usage": True}})
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
@@ -305,3 +306,104 @@ def test_where_llama_cpp_differs_ours_follows_the_spec(llama_server, api_model):
     assert post({"model": "x", "messages": MESSAGES, "max_tokens": 0}).status_code == 200
     # llama.cpp lists the model under its file path; ours under the folder's name
     assert client(llama_server).models.list().data[0].id.endswith(".gguf")
+
+
+# ---------------------------------------------------------------------------- issue 23: 7, 9
+
+def fake_api():
+    """(a TestClient, an `openai` client through it) over the fake backend: no model needed."""
+    from fastapi.testclient import TestClient
+
+    from serving.api import ChatCompletions, build
+    from tests.serving.test_chat import FakeBackend
+
+    app = TestClient(build(ChatCompletions(FakeBackend("one two"), "fake"), None))
+    return app, openai.OpenAI(base_url="http://testserver/v1", api_key="unused",
+                              max_retries=0, http_client=app)
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"frequency_penalty": -1}, "frequency_penalty"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+     "messages[0].content[1]"),
+])
+def test_what_the_api_cannot_do_is_refused_not_ignored(extra, param):
+    _, c = fake_api()
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(**{"model": "fake", "messages": MESSAGES, "max_tokens": 2,
+                                     **extra})
+    assert err.value.status_code == 400 and err.value.body["param"] == param
+    assert err.value.body["type"] == "invalid_request_error" and param.split("[")[0] in str(
+        err.value.body["message"])
+
+
+def test_the_defaults_of_unsupported_features_are_accepted():
+    _, c = fake_api()
+    reply = c.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        tools=[], response_format={"type": "text"}, logprobs=False, presence_penalty=0,
+        frequency_penalty=0.0, logit_bias={}, max_tokens=2)
+    assert reply.choices[0].message.content == "one two"
+
+
+def test_missing_model_and_long_input_are_400_as_openai_answers():
+    app, _ = fake_api()
+    missing = app.post("/v1/chat/completions", json={"messages": MESSAGES})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
+    long = app.post("/v1/chat/completions", json={"model": "fake", "max_tokens": 2, "messages": [
+        {"role": "user", "content": "x" * 40_000}]})
+    assert long.status_code == 400, long.text
+    assert long.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("raw", [
+    b"[" * 100_000,
+    b'{"a":' * 50_000 + b"{}" + b"}" * 50_000,
+    json.dumps({"model": "fake", "messages": [
+        {"role": "user", "content": [1, None, ["a"], {"text": 5}]}]}).encode(),
+    json.dumps({"model": "fake", "messages": [
+        {"role": "user", "content": json.loads("[" * 900 + "]" * 900)}]}).encode(),
+])
+def test_malformed_bodies_get_400_not_500(raw):
+    app, _ = fake_api()
+    r = app.post("/v1/chat/completions", content=raw,
+                 headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_tiny_temperatures_sample_like_greedy(server):
+    _, url, greedy = server
+    c, model = client(url), model_id(url)
+    for t in (1e-308, 5e-324):
+        reply = c.chat.completions.create(model=model, messages=MESSAGES, temperature=t,
+                                          max_tokens=24, seed=1)
+        assert reply.choices[0].message.content == greedy, t
+
+
+STOPS_EARLY = [{"role": "user", "content": "Say 20"}]  # the test model ends its turn in 10
+
+
+def test_usage_counts_the_same_tokens_on_every_backend(server, api_model):
+    """The end-of-turn token is not part of the reply: llama.cpp counted it, 1 more."""
+    from serving.backend import Sampling
+    from serving.runtimes import load_backend
+
+    torch = load_backend(api_model, "torch")
+    pieces = list(torch.pieces(torch.prompt_ids(STOPS_EARLY), Sampling(24)))
+    assert pieces[-1].finish_reason == "stop", "the test needs a reply that ends by itself"
+    _, url, _ = server
+    reply = client(url).chat.completions.create(model=model_id(url), messages=STOPS_EARLY,
+                                                temperature=0, max_tokens=24)
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens == pieces[-1].completion_tokens

@@ -102,6 +102,15 @@ def test_top_p_keeps_only_the_nucleus():
     assert draws == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 1e-308, 5e-324])
+def test_a_tiny_temperature_samples_the_top_token(temperature):
+    # dividing first gave inf - inf = NaN: "probabilities contain NaN" (issue 23)
+    logits = np.array([1.0, 3.5, 3.25, -2.0], np.float32)
+    rng = np.random.default_rng(0)
+    assert {sample_next(logits, Sampling(temperature=temperature), rng)
+            for _ in range(20)} == {1}
+
+
 def test_left_pad_aligns_the_last_tokens():
     ids, mask = left_pad([[1, 2, 3], [4]], pad=0)
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
