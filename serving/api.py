@@ -218,7 +218,10 @@ def _number(body: dict, key: str, default: float, low: float, high: float) -> fl
 
 def until_stop(pieces: Iterator[Piece], stop: list[str]) -> Iterator[Piece]:
     """The reply's pieces, cut at the first stop sequence: text that might be the start of one
-    is held back until it is known not to be. The last piece says why the reply ended."""
+    is held back until it is known not to be. The last piece says why the reply ended.
+
+    Linear in the stop's length per piece: the held text is at most the longest stop (less
+    one character) plus the new piece, and each step is a few C string searches over it."""
     held = ""
     tokens = 0
     for piece in pieces:
@@ -231,12 +234,19 @@ def until_stop(pieces: Iterator[Piece], stop: list[str]) -> Iterator[Piece]:
         if piece.finish_reason is not None:
             yield Piece(held, piece.finish_reason, tokens)
             return
-        keep = max((n for s in stop for n in range(len(s) - 1, 0, -1) if held.endswith(s[:n])),
-                   default=0)
-        if len(held) > keep:
-            yield Piece(held[:len(held) - keep], None, tokens)
-            held = held[len(held) - keep:]
+        keep = min((_may_start(held, s) for s in stop), default=len(held))
+        if keep > 0:
+            yield Piece(held[:keep], None, tokens)
+            held = held[keep:]
     yield Piece(held, "stop", tokens)  # the runtime ended without saying why
+
+
+def _may_start(held: str, stop: str) -> int:
+    """Where in `held` (holding no whole `stop`) the stop might begin, once more text comes:
+    the first of its first character among the last len(stop) - 1 characters, else the end.
+    Holding back from there (a little more than strictly needed) costs one search."""
+    at = held.find(stop[0], max(0, len(held) - len(stop) + 1))
+    return len(held) if at < 0 else at
 
 
 class ChatCompletions:
