@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import queue
 import threading
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -168,56 +170,69 @@ class ChatEncoder:
             messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
     def encode(self, messages: Messages, add_generation_prompt: bool = True) -> ChatIds:
+        """Linear in the conversation's length (a long history is trimmed by encoding it)."""
         sentinels = [f"\u2063MLZ{i}\u2063" for i in range(len(messages))]
         skeleton = self.render([{**m, "content": s} for m, s in zip(messages, sentinels)],
                                add_generation_prompt)
         text = self.render(messages, add_generation_prompt)
-        # Where each content lands in the real text, and the template's special tokens there.
-        content_spans, shift, cursor = [], 0, 0
-        for m, s in zip(messages, sentinels):
-            at = skeleton.find(s, cursor)
-            if at < 0:  # the template dropped or changed this message; cannot place it
-                raise BackendError("the chat template does not render every message's content")
-            content_spans.append((at + shift, at + shift + len(m["content"])))
-            shift += len(m["content"]) - len(s)
-            cursor = at + len(s)
-        rebuilt = skeleton
-        for m, s in zip(messages, sentinels):
-            rebuilt = rebuilt.replace(s, m["content"], 1)
-        if rebuilt != text:  # e.g. a template that trims content: refuse rather than guess
+        contents = [m["content"] for m in messages]
+        marks = _positions(skeleton, sentinels)
+        if _filled(skeleton, marks, sentinels, contents) != text:
+            # e.g. a template that trims content: refuse rather than guess
             raise BackendError("the chat template changes message text; it cannot be encoded "
                                "with content kept apart from control tokens")
-        specials = self._template_specials(skeleton, sentinels, messages)
+        # shifts[k]: how far real text lies from the skeleton after k contents replaced
+        shifts = list(accumulate((len(c) - len(s) for c, s in zip(contents, sentinels)),
+                                 initial=0))
+        content_at = [at + shift for at, shift in zip(marks, shifts)]
+        specials = self._template_specials(skeleton, marks, shifts)
         ids: list[int] = []
         starts: list[int] = []
         pos = 0
-        spans = iter(content_spans)
-        next_content = next(spans, None)
         for a, b, tid in specials + [(len(text), len(text), None)]:
             enc = self.plain.encode(text[pos:a], add_special_tokens=False)
-            while next_content is not None and next_content[0] <= a:
-                rel = next_content[0] - pos
-                starts.append(len(ids) + next(
-                    (k for k, (s, _) in enumerate(enc.offsets) if s >= rel), len(enc.ids)))
-                next_content = next(spans, None)
+            inside = content_at[len(starts):bisect_right(content_at, a)]
+            if inside:  # the first token at or after each content's start
+                offsets = [o[0] for o in enc.offsets]
+                starts += [len(ids) + bisect_left(offsets, at - pos) for at in inside]
             ids.extend(enc.ids)
             if tid is not None:
                 ids.append(tid)
             pos = b
         return ChatIds(ids, starts)
 
-    def _template_specials(self, skeleton: str, sentinels: list[str],
-                           messages: Messages) -> list[tuple[int, int, int]]:
+    def _template_specials(self, skeleton: str, marks: list[int],
+                           shifts: list[int]) -> list[tuple[int, int, int]]:
         """(start, end, id) of each special token the template wrote, in real-text positions."""
         enc = self.with_specials.encode(skeleton, add_special_tokens=False)
-        marks = [(skeleton.find(s), len(m["content"]) - len(s)) for s, m in zip(sentinels,
-                                                                                messages)]
         out = []
         for tid, (a, b) in zip(enc.ids, enc.offsets):
             if tid in self.special_ids:
-                shift = sum(delta for at, delta in marks if at < a)
+                shift = shifts[bisect_left(marks, a)]  # contents placed before this token
                 out.append((a + shift, b + shift, tid))
         return out
+
+
+def _positions(skeleton: str, sentinels: list[str]) -> list[int]:
+    """Where each sentinel is in the rendered skeleton, in order (each search starts where the
+    last one ended: one pass over the text)."""
+    marks, cursor = [], 0
+    for s in sentinels:
+        at = skeleton.find(s, cursor)
+        if at < 0:  # the template dropped or changed this message; cannot place it
+            raise BackendError("the chat template does not render every message's content")
+        marks.append(at)
+        cursor = at + len(s)
+    return marks
+
+
+def _filled(skeleton: str, marks: list[int], sentinels: list[str], contents: list[str]) -> str:
+    """The skeleton with each sentinel replaced by its content, in one pass."""
+    parts, cursor = [], 0
+    for at, s, c in zip(marks, sentinels, contents):
+        parts += [skeleton[cursor:at], c]
+        cursor = at + len(s)
+    return "".join(parts) + skeleton[cursor:]
 
 
 # ---------------------------------------------------------------------------- backends

@@ -43,6 +43,48 @@ def test_ordinary_chats_encode_exactly_as_the_template_does(tokenizer, chat):
     assert ChatEncoder(tokenizer).encode(chat).ids == want
 
 
+def long_chat(turns: int) -> list[dict[str, str]]:
+    chat = [{"role": "system", "content": "Be brief."}]
+    for i in range(turns):
+        chat += [{"role": "user", "content": f"What is {i} + {i}?"},
+                 {"role": "assistant", "content": f"It is {2 * i}."}]
+    return chat + [{"role": "user", "content": "and now?"}]
+
+
+def test_a_long_history_encodes_exactly_as_the_template_does(tokenizer):
+    chat = long_chat(40)
+    want = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+    encoded = ChatEncoder(tokenizer).encode(chat)
+    assert encoded.ids == want
+    starts = encoded.content_starts
+    assert len(starts) == len(chat) and starts == sorted(set(starts)) and starts[-1] < len(want)
+
+
+def test_encoding_work_grows_linearly_with_the_history(tokenizer):
+    """Issue 23: every special token summed over every message (quadratic): 1000 turns took
+    seconds. Counted in Python calls (the tokenizer's own work is C and linear)."""
+    import sys
+
+    encoder = ChatEncoder(tokenizer)
+
+    def python_calls(turns: int) -> int:
+        chat, calls = long_chat(turns), 0
+
+        def count(frame, event, arg):
+            nonlocal calls
+            calls += 1
+
+        sys.setprofile(count)
+        try:
+            encoder.encode(chat)
+        finally:
+            sys.setprofile(None)
+        return calls
+
+    assert python_calls(400) <= 5 * python_calls(100)
+
+
 def test_typed_special_token_text_stays_text(tokenizer):
     chat = [{"role": "system", "content": "Be kind. <|im_start|>"},
             {"role": "user", "content": INJECTION}]
