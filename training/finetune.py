@@ -40,6 +40,7 @@ from training.generate import answer
 from training.stage import (
     CHECKPOINT,
     Finish,
+    add_force_flag,
     check_output,
     finish_stage,
     load_settings,
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="what to do with rows that have an unknown role, empty content or "
                         "are too long")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    add_force_flag(p)
     p.add_argument("--no-eval", action="store_true", help="skip the base vs fine-tuned evaluation")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off by default: it runs arbitrary code)")
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     if not s.base:
         raise UsageError(f"no base model: give --base or set finetune.base in {out}/recipe.yaml; "
                          f"run: python -m training.finetune --base models/tiny-base --out {out}")
-    check_output(out, s.base)
+    check_output(out, s.base, argv=argv, force=args.force, resume=args.resume)
     check_base(s.base)
     rank, world = start_run(out, s.seed, placement)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.helpers import ArgumentParser, UsageError, cli_main, first_line
-from training.stage import Finish, check_output, finish_stage, load_settings
+from training.stage import Finish, add_force_flag, check_output, finish_stage, load_settings
 
 ARCHITECTURES = ("llama",)  # GGUF general.architecture values this imports
 # A GGUF's file type → what its weights were stored as (gguf.LlamaFileType names, shortened).
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gguf", help="a local .gguf file (e.g. one Ollama pulled: ~/.ollama/models/"
                                   "blobs/sha256-...)")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    add_force_flag(p)
     args = p.parse_args(argv)
     out: Path = args.out
     s = load_settings(ImportSettings, out, "import_gguf",
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     source = gguf_in_package(s.from_package) if s.from_package else Path(s.gguf).expanduser()
     if not source.is_file():
         raise UsageError(f"{source} is not a file; give a .gguf file with --gguf")
-    check_output(out, source)
+    check_output(out, source, argv=argv, force=args.force)
     header = read_header(source)
     print(f"importing {source.name} ({header['name']}, {header['quantization']}): "
           "dequantizing to float32 ...", flush=True)

@@ -25,6 +25,7 @@ from training import tokenizer as tokenizer_lib
 from training.stage import (
     CHECKPOINT,
     Finish,
+    add_force_flag,
     check_output,
     finish_stage,
     load_settings,
@@ -122,10 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
                    help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    add_force_flag(p)
     device.add_arguments(p)
     args = p.parse_args(argv)
     out: Path = args.out
-    check_output(out)
+    check_output(out, argv=argv, force=args.force, resume=args.resume)
     s = load_settings(PretrainSettings, out, "pretrain",
                       {k: getattr(args, k) for k in ("steps", "seed", "batch_size", "seq_len", "lr",
                                                       "checkpoint_every", "device", "precision")})

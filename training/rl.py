@@ -39,6 +39,7 @@ from training.generate import answer
 from training.stage import (
     CHECKPOINT,
     Finish,
+    add_force_flag,
     check_output,
     finish_stage,
     load_settings,
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    add_force_flag(p)
     args = p.parse_args(argv)
     out: Path = args.out
     s = load_settings(RLSettings, out, "rl", {k: getattr(args, k) for k in (
@@ -257,14 +259,14 @@ def main(argv: list[str] | None = None) -> None:
                          f"run: python -m training.rl --base models/tiny-chat --out {out}")
     from training.finetune import check_base, load_base
 
-    check_output(out, s.base)
+    check_output(out, s.base, argv=argv, force=args.force, resume=args.resume)
     check_base(s.base)
     set_seed(s.seed)
     settings = asdict(s)
     ckpt = out / CHECKPOINT
-    if args.resume and (ckpt / "state.json").exists():
+    if args.resume:  # check_output made sure there is a checkpoint
         check_resume(ckpt, settings)
-    elif ckpt.exists() and not args.resume:
+    elif ckpt.exists():
         import shutil
 
         shutil.rmtree(ckpt)

@@ -11,10 +11,14 @@ gguf/, eval-*.json), so no runtime can answer with a model that is no longer the
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import json
 import math
 import os
 import re
+import shlex
 import shutil
+import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +32,7 @@ from serving.helpers import (
     atomic_write_json,
     atomic_write_text,
     normal_modes,
+    program,
     require_writable,
     temp_dir_beside,
 )
@@ -39,6 +44,14 @@ CHECKPOINT = "checkpoint"  # <out>/checkpoint: where a running stage saves, and 
 # Settings that may change between a run and its resume, or between a recipe and the folder it
 # built, without changing the result (device and precision: a run may go on on another machine).
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_per_task", "device", "precision"})
+# Every entry a stage, an export or an evaluation writes in a model folder. Publishing replaces
+# these and nothing else: a user's own files in the folder stay, and --force refuses a folder
+# where a user's file has one of these names.
+ARTIFACTS = ("*.safetensors", "model.safetensors.index.json", "config.json",
+             "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+             "merges.txt", "chat_template.jinja", "adapter", "data", "README.md", "loss.png",
+             "eval.json", "eval-*.json", "rl.json", "rl.png", DONE_MARKER, "onnx", "gguf")
 
 
 # ---------------------------------------------------------------------------- settings
@@ -125,9 +138,12 @@ def looks_like_hub_id(name: str) -> bool:
     return not Path(name.split("/")[0]).is_dir()
 
 
-def check_output(out: Path, *inputs: str | Path) -> None:
-    """Refuse, before any work, an output folder that cannot be written, or that is one of the
-    stage's inputs (also spelt differently): writing there would overwrite the model read."""
+def check_output(out: Path, *inputs: str | Path, argv: list[str] | None = None,
+                 force: bool = False, resume: bool = False) -> None:
+    """Refuse, before any work, an output folder that cannot be written, that is one of the
+    stage's inputs (also spelt differently): writing there would overwrite the model read,
+    that holds files this project did not write (see check_owned), or that has no checkpoint
+    for --resume. `argv` (the command's, default sys.argv) builds the hints."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
     require_writable(out)
@@ -136,6 +152,74 @@ def check_output(out: Path, *inputs: str | Path) -> None:
         if path.exists() and out.exists() and os.path.samefile(path, out):
             raise UsageError(f"--out {out} is the input {item}; write to another folder, "
                              f"e.g. --out {out.parent / (out.name + '-2')}")
+    check_owned(out, argv, force)
+    if resume and not (out / CHECKPOINT / "state.json").is_file():
+        # without this, --resume started over and replaced the finished model
+        raise UsageError(f"--resume: no checkpoint in {out / CHECKPOINT} to continue (a run "
+                         f"that finishes removes it); run: {command(argv, drop='--resume')}")
+
+
+def check_owned(out: Path, argv: list[str] | None, force: bool) -> None:
+    """A non-empty --out must be a model folder this project wrote: publishing replaces what
+    is there. With --force the model goes in beside the other files, which are kept; a folder
+    where one of them has a name the model would take is refused even then."""
+    if not out.is_dir() or is_model_folder(out):
+        return
+    found = sorted(e.name for e in out.iterdir() if not (
+        e.name == RECIPE or e.name.startswith(".") or is_checkpoint(e)))
+    if not found:
+        return  # empty, or only the tracked recipe and an interrupted run's checkpoint
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    # a stage also writes (and at the end removes) <out>/checkpoint
+    taken = [name for name in found if is_artifact(name) or name == CHECKPOINT]
+    if taken:
+        elsewhere = out.resolve().with_name(out.resolve().name + "-model")
+        raise UsageError(f"--out {out} holds {', '.join(taken[:3])}, which this project did not "
+                         f"write and the model would replace; give an empty or new folder; "
+                         f"run: {command(argv, add=('--out', str(elsewhere)))}")
+    if not force:
+        raise UsageError(f"--out {out} holds files this project did not write ({shown}); give "
+                         "an empty or new folder, or add --force to write the model beside "
+                         f"them (they are kept); run: {command(argv, add=('--force',))}")
+
+
+def is_artifact(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in ARTIFACTS)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is <out>/checkpoint as a stage writes it (its state.json records the
+    settings), not a user's folder of that name."""
+    if path.name != CHECKPOINT:
+        return False
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "settings" in state
+
+
+def is_model_folder(out: Path) -> bool:
+    """Whether `out` holds this project's done-marker (another tool's metrics.json has no
+    `made_from`): a folder a stage published, or began to publish."""
+    try:
+        record = json.loads((out / DONE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "made_from" in record
+
+
+def command(argv: list[str] | None, drop: str = "", add: tuple[str, ...] = ()) -> str:
+    """The running command again, without the flag `drop`, with `add` (argparse takes the last
+    of a repeated option): a hint that is itself a working command."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != drop]
+    return " ".join([program(), shlex.join([*args, *add])]).strip()
+
+
+def add_force_flag(p: Any) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out that holds other files: they are kept, and only "
+                        "what this project wrote there is replaced")
 
 
 # ---------------------------------------------------------------------------- finishing
@@ -210,15 +294,19 @@ def staging_dir(out: Path) -> Path:
 
 
 def publish(build: Path, out: Path) -> None:
-    """Make `out` hold exactly the finished `build` (plus its tracked recipe.yaml).
+    """Put the finished `build` into `out`, replacing what this project wrote there before
+    (the old weights and everything derived from them: ARTIFACTS) and nothing else: the tracked
+    recipe.yaml, the checkpoint, dot-files and a user's own files stay.
 
-    `out` keeps its recipe, so the folder itself is never replaced: the old entries are removed
-    first (weights and everything derived from them), then the new ones moved in, each by one
-    rename, the done-marker last.
+    The folder itself is never replaced. A placeholder done-marker goes in first, so a folder
+    a crash leaves half-published is still known as this project's (and, recording no
+    settings, not as finished); then the old entries are removed and the new ones moved in,
+    each by one rename, the done-marker last.
     """
-    keep = {RECIPE, build.name, CHECKPOINT}
+    new = {entry.name for entry in build.iterdir()}
+    atomic_write_json(out / DONE_MARKER, {"made_from": None, "publishing": True})
     for entry in out.iterdir():
-        if entry.name in keep or entry.name.startswith("."):
+        if entry.name == DONE_MARKER or not (entry.name in new or is_artifact(entry.name)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
