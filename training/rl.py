@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving import device
 from serving.helpers import (
     ArgumentParser,
     UsageError,
@@ -75,6 +76,8 @@ class RLSettings:
     checkpoint_every: int = 50
     eval_every: int = 25
     eval_n: int = 200  # held-out questions for accuracy and pass@8
+    device: str = "auto"  # auto|cpu|cuda|mps (serving/device.py; TRL places the model itself)
+    precision: str = "auto"  # auto|fp32|bf16|fp16
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -133,8 +136,21 @@ def lora_config(s: RLSettings):
                       task_type="CAUSAL_LM")
 
 
-def common_args(s: RLSettings, ckpt: Path) -> dict:
-    return dict(output_dir=str(ckpt), use_cpu=True, bf16=False, learning_rate=s.lr,
+def trl_placement(s: RLSettings) -> device.Placement:
+    """The placement TRL can honour: it trains on the CPU, MPS or the first visible GPU."""
+    placement = device.resolve(s.device, s.precision)
+    if placement.device.type == "cuda" and (placement.device.index or 0) != 0:
+        raise UsageError(f"--device {s.device}: the RL stage (TRL) trains on the first visible "
+                         f"GPU; run: CUDA_VISIBLE_DEVICES={placement.device.index} "
+                         f"python -m training.rl --device cuda ...")
+    return placement
+
+
+def common_args(s: RLSettings, ckpt: Path, placement: device.Placement) -> dict:
+    """TRL's settings; use_cpu only where the run is on the CPU, autocast by --precision."""
+    return dict(output_dir=str(ckpt), use_cpu=placement.device.type == "cpu",
+                bf16=placement.precision == "bf16", fp16=placement.precision == "fp16",
+                learning_rate=s.lr,
                 max_steps=s.steps, seed=s.seed, logging_steps=1, report_to=[],
                 save_strategy="steps" if s.checkpoint_every else "no",
                 save_steps=s.checkpoint_every or 1, save_total_limit=1,
@@ -142,7 +158,8 @@ def common_args(s: RLSettings, ckpt: Path) -> dict:
                 warmup_steps=min(10, s.steps // 10), disable_tqdm=False)
 
 
-def grpo_trainer(s: RLSettings, base: str, train: list[tasks.Example], ckpt: Path, callbacks):
+def grpo_trainer(s: RLSettings, base: str, train: list[tasks.Example], ckpt: Path, callbacks,
+                 placement: device.Placement = device.CPU):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -151,8 +168,9 @@ def grpo_trainer(s: RLSettings, base: str, train: list[tasks.Example], ckpt: Pat
 
     rows = [{"prompt": [{"role": "user", "content": ex.question}], "answer": ex.answer}
             for ex in train]
-    args = GRPOConfig(**common_args(s, ckpt), per_device_train_batch_size=s.prompts_per_step *
-                      s.group, num_generations=s.group, max_completion_length=s.max_new_tokens,
+    args = GRPOConfig(**common_args(s, ckpt, placement),
+                      per_device_train_batch_size=s.prompts_per_step * s.group,
+                      num_generations=s.group, max_completion_length=s.max_new_tokens,
                       temperature=s.temperature, beta=s.beta, loss_type="dapo", top_k=s.top_k)
     return GRPOTrainer(model=base, reward_funcs=[exact_answer], args=args,
                        train_dataset=Dataset.from_list(rows), peft_config=lora_config(s),
@@ -179,12 +197,14 @@ def dpo_pairs(model, tok, train: list[tasks.Example], s: RLSettings) -> list[dic
     return pairs
 
 
-def dpo_trainer(s: RLSettings, base: str, pairs: list[dict], ckpt: Path, callbacks):
+def dpo_trainer(s: RLSettings, base: str, pairs: list[dict], ckpt: Path, callbacks,
+                placement: device.Placement = device.CPU):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(**common_args(s, ckpt), per_device_train_batch_size=s.prompts_per_step,
-                     beta=s.dpo_beta, max_length=128)
+    args = DPOConfig(**common_args(s, ckpt, placement),
+                     per_device_train_batch_size=s.prompts_per_step, beta=s.dpo_beta,
+                     max_length=128)
     return DPOTrainer(model=base, args=args, train_dataset=Dataset.from_list(pairs),
                       peft_config=lora_config(s), callbacks=callbacks)
 
@@ -250,10 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     add_force_flag(p)
+    device.add_arguments(p)
     args = p.parse_args(argv)
     out: Path = args.out
     s = load_settings(RLSettings, out, "rl", {k: getattr(args, k) for k in (
-        "base", "method", "task", "steps", "lr", "seed", "checkpoint_every")})
+        "base", "method", "task", "steps", "lr", "seed", "checkpoint_every", "device",
+        "precision")})
+    placement = trl_placement(s)
     if not s.base:
         raise UsageError(f"no base model: give --base or set rl.base in {out}/recipe.yaml; "
                          f"run: python -m training.rl --base models/tiny-chat --out {out}")
@@ -273,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     atomic_write_json(ckpt / "state.json", {"settings": settings})
 
+    print(f"running on {placement.describe()}", flush=True)
     model, tok = load_base(s.base, trust_remote_code=False)
+    model.to(placement.device)  # sampling the before/after measure and DPO's pairs
     train, held = tasks.TASKS[s.task]()
     held = random.Random(s.seed).sample(held, min(s.eval_n, len(held)))
     t0 = time.perf_counter()
@@ -282,18 +307,18 @@ def main(argv: list[str] | None = None) -> None:
     curve: list = [(0, before["accuracy"])]
     callbacks = [progress_callback(tok, held, s, curve)]
     if s.method == "grpo":
-        trainer = grpo_trainer(s, s.base, train, ckpt, callbacks)
+        trainer = grpo_trainer(s, s.base, train, ckpt, callbacks, placement)
     else:
         pairs = dpo_pairs(model, tok, train, s)
         print(f"DPO: {len(pairs)} pairs (right vs wrong) from the model's own answers")
-        trainer = dpo_trainer(s, s.base, pairs, ckpt, callbacks)
+        trainer = dpo_trainer(s, s.base, pairs, ckpt, callbacks, placement)
     resume = bool(args.resume and any(ckpt.glob("checkpoint-*")))
     trainer.train(resume_from_checkpoint=resume or None)
     # The adapter alone, kept before merging: merge_and_unload removes it from the model.
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    adapter = {k: v.detach().clone().contiguous()
+    adapter = {k: v.detach().to("cpu").clone().contiguous()
                for k, v in get_peft_model_state_dict(trainer.model).items()}
     adapter_config = trainer.model.peft_config["default"]
     merged = trainer.model.merge_and_unload().eval()
@@ -303,12 +328,13 @@ def main(argv: list[str] | None = None) -> None:
           f"pass@8 {after['pass_at_8']:.1%} ({seconds} s)")
     history = trainer.state.log_history
     report = {"method": s.method, "task": s.task, "steps": s.steps, "seconds": seconds,
-              "before": before, "after": after, "accuracy_over_steps": curve}
+              "before": before, "after": after, "accuracy_over_steps": curve,
+              **placement.record()}
 
     def save(folder: Path) -> None:
         adapter_config.save_pretrained(folder / "adapter")  # PEFT format, as finetune writes
         save_file(adapter, folder / "adapter" / "adapter_model.safetensors", {"format": "pt"})
-        merged.save_pretrained(folder, safe_serialization=True)
+        merged.to("cpu").save_pretrained(folder, safe_serialization=True)  # float32, no device
         tok.save_pretrained(folder)
         atomic_write_json(folder / "rl.json", report)
         plot(history, curve, folder / "rl.png", f"{s.method.upper()} on {s.task}")
@@ -335,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
 
     loss_history = [(h["step"], round(h["loss"], 5)) for h in history if "loss" in h]
     metrics = {"method": s.method, "task": s.task, "steps": s.steps, "seconds": seconds,
-               "before": before, "after": after}
+               "before": before, "after": after, **placement.record()}
     finish_stage(out, Finish(save, {**metrics, "settings": settings, "made_from": {
         "base": s.base, "base_weights": weights_fingerprint(s.base)}}, loss_history,
         f"{out.name}: {s.method.upper()} of {Path(s.base).name} on {s.task}", card, evaluate),

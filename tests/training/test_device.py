@@ -5,6 +5,8 @@ bf16 and fp16 autocast run on the CPU too (the code path a GPU takes, minus the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -41,12 +43,12 @@ def test_unknown_precision_is_refused():
         device.resolve("cpu", "fp8")
 
 
-@pytest.mark.parametrize("stage", ["training.pretrain", "training.finetune"])
+@pytest.mark.parametrize("stage", ["training.pretrain", "training.finetune", "training.rl"])
 @pytest.mark.parametrize("flags", [["--device", "cuda"], ["--device", "cuda:7"],
                                    ["--device", "tpu"], ["--precision", "fp8"]])
 def test_a_stage_refuses_before_any_work(stage: str, flags: list[str], tmp_path):
     out = tmp_path / "model"
-    base = ["--base", str(tmp_path)] if stage == "training.finetune" else []
+    base = ["--base", str(tmp_path)] if stage != "training.pretrain" else []
     proc = run_cli("-m", stage, "--out", str(out), *base, *flags, check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -117,8 +119,13 @@ def test_a_checkpoint_resumes_with_another_precision(tmp_path):
 
 
 def test_the_optimizer_state_lives_beside_its_parameters(tmp_path):
-    from training.trainer import _trainable, load_checkpoint, make_optimizer, save_checkpoint
-    from training.trainer import TrainResult
+    from training.trainer import (
+        TrainResult,
+        _trainable,
+        load_checkpoint,
+        make_optimizer,
+        save_checkpoint,
+    )
 
     model = tiny_model()
     cfg = TrainConfig(steps=2, lr=1e-3, warmup=1, batch_size=8)
@@ -153,3 +160,16 @@ def test_pretrain_records_device_and_precision(tmp_path):
     weights = load_file(out / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in weights.values())
     assert "bf16" in (out / "README.md").read_text()
+
+
+def test_trl_gets_the_placement():
+    """The RL stage hands TRL `use_cpu` only on the CPU, and autocast by the precision."""
+    from training import rl
+
+    cpu = rl.common_args(rl.RLSettings(), Path("ckpt"), device.CPU)
+    assert (cpu["use_cpu"], cpu["bf16"], cpu["fp16"]) == (True, False, False)
+    bf16 = rl.common_args(rl.RLSettings(), Path("ckpt"), device.resolve("cpu", "bf16"))
+    assert (bf16["bf16"], bf16["fp16"]) == (True, False)
+    gpu = rl.common_args(rl.RLSettings(), Path("ckpt"),
+                         device.Placement(torch.device("cuda", 0), "bf16"))
+    assert (gpu["use_cpu"], gpu["bf16"]) == (False, True)
