@@ -34,6 +34,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request  # at module level: FastAPI reads the route's annotations
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -350,8 +351,7 @@ def add_routes(app, service: ChatCompletions, api_key: str | None = None) -> Non
         if api_key is None:
             return True
         given = request.headers.get("authorization", "")
-        token = given[7:] if given[:7].lower() == "bearer " else ""
-        return hmac.compare_digest(token.encode(), api_key.encode())  # constant time
+        return same_key(given[7:] if given[:7].lower() == "bearer " else "", api_key)
 
     def unauthorized() -> JSONResponse:
         return fail(ApiError(401, "missing or wrong API key (Authorization: Bearer ...)",
@@ -437,6 +437,11 @@ async def _read_capped(request, limit: int) -> bytes:
     return body
 
 
+def same_key(given: str, key: str) -> bool:
+    """Whether a client gave the key; compared in constant time."""
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
 def api_key_from(flag: str | None) -> str | None:
     """The key from --api-key or the environment (so it need not appear in `ps`)."""
     key = flag or os.environ.get(KEY_ENV) or None
@@ -472,7 +477,33 @@ def build(service: ChatCompletions, api_key: str | None):
                             status_code=500)
 
     add_routes(app, service, api_key)
+    app.add_middleware(SameOriginOnly)
     return app
+
+
+class SameOriginOnly:
+    """Refuse a browser's cross-site request that can make the server work (any method but
+    GET, HEAD, OPTIONS). A page on another site could otherwise run generations here with a
+    simple `text/plain` POST (the browser only hides the answer from it), on a keyless server
+    or with the chat page's sign-in cookie. Programs send no Origin and pass; so does the
+    page's own (Origin matches Host, or X-Forwarded-Host behind a proxy, which no cross-site
+    page can set without the preflight we never answer). A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would wrap streamed responses."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            origin = headers.get("origin")
+            hosts = {headers.get("host"), headers.get("x-forwarded-host")} - {None}
+            if origin is not None and urlsplit(origin).netloc.lower() not in {
+                    h.lower() for h in hosts}:
+                refused = ApiError(403, "cross-origin requests are refused", "cross_origin")
+                await JSONResponse(refused.body(), status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def serve(app, host: str, port: int, announce: str) -> None:

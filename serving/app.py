@@ -10,8 +10,10 @@ gets the reply text back. The chat logic and its caps live in serving/chat.py.
 # No `from __future__ import annotations`: gr.api reads the handler's type hints at runtime to
 # describe the endpoint, and string annotations naming local imports would not resolve.
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from serving import api
 from serving.api import api_key_from, serve
@@ -22,10 +24,13 @@ from serving.helpers import (
     UsageError,
     check_port_free,
     cli_main,
+    first_line,
     made_by_hint,
     require_model,
 )
 from serving.runtimes import RUNTIMES, load_backend
+
+T = TypeVar("T")
 
 
 def build_app(service: ChatService, model_label: str, concurrency: int = 4):
@@ -37,13 +42,14 @@ def build_app(service: ChatService, model_label: str, concurrency: int = 4):
     limits = service.limits
 
     def respond(message: str, history: list, temperature: float, max_new_tokens: int):
-        for text, stats in service.reply_with_stats(message, history, temperature, max_new_tokens):
+        replies = service.reply_with_stats(message, history, temperature, max_new_tokens)
+        for text, stats in clean_errors(replies):
             yield text, (stats.markdown() if stats else gr.skip())
 
     def chat(message: str, temperature: float = 0.0,
              max_new_tokens: int = limits.default_new_tokens) -> Iterator[str]:
         """Reply to one user message (streamed; the last value is the whole reply)."""
-        yield from service.reply(message, [], temperature, max_new_tokens)
+        yield from clean_errors(service.reply(message, [], temperature, max_new_tokens))
 
     with gr.Blocks(title="mlzero chat", analytics_enabled=False) as demo:
         gr.Markdown(f"## mlzero chat\nModel **{model_label}** on the **{service.backend.runtime}** "
@@ -75,6 +81,20 @@ def build_app(service: ChatService, model_label: str, concurrency: int = 4):
     return demo
 
 
+def clean_errors(replies: Iterator[T]) -> Iterator[T]:
+    """The replies, with an unexpected failure shown as one plain sentence (Gradio would show
+    the exception's own text to the client) and logged as one line for the operator."""
+    import gradio as gr
+
+    try:
+        yield from replies
+    except Exception as err:
+        print(f"mlzero chat: generation failed: {type(err).__name__}: {first_line(err)}",
+              file=sys.stderr, flush=True)
+        raise gr.Error("The model could not reply to this message. Please try another.",
+                       print_exception=False) from None
+
+
 def parse_args(argv: list[str] | None):
     limits = Limits()
     p = ArgumentParser(prog="python -m serving.app", description=__doc__.split("\n")[0])
@@ -87,7 +107,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--max-input-chars", type=int, default=limits.max_input_chars)
     p.add_argument("--max-new-tokens", type=int, default=limits.max_new_tokens,
                    help="cap on the max-new-tokens setting (and the API's max_tokens)")
-    p.add_argument("--api-key", help=f"require this bearer key on /v1 (or set {api.KEY_ENV})")
+    p.add_argument("--api-key", help=f"require this key: a bearer key on /v1, the sign-in "
+                                     f"password of the page (or set {api.KEY_ENV})")
     return p.parse_args(argv)
 
 
@@ -117,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         default_tokens=min(api.ApiLimits.default_tokens, args.max_new_tokens))), key)
     import gradio as gr
 
-    app = gr.mount_gradio_app(app, demo, path="/", ssr_mode=False)
+    # With a key, the page and Gradio's routes (they generate too) ask for it: the key is the
+    # sign-in password, with any user name (gradio_client: auth=(name, key)).
+    auth = None if key is None else (lambda _user, password: api.same_key(password, key))
+    app = gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, auth=auth,
+                              auth_message="Sign in with the server's API key as the password "
+                                           "(any user name).")
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     serve(app, args.host, args.port,
           f"mlzero chat: {backend.name} running at http://{shown}:{args.port} "

@@ -42,15 +42,18 @@ class ReplyStats:
                 f"{self.first_token_s * 1000:.0f} ms)")
 
 
-def text_of(content: Any) -> str:
+def text_of(content: Any, depth: int = 0) -> str:
     """The text of a Gradio message content: a string, a {"type": "text"} part, or a list of parts.
-    Files and components have no text a text-only model could read, so they count as empty."""
+    Files and components have no text a text-only model could read, so they count as empty;
+    so does anything else a client can send (numbers, a text that is not a string, lists
+    nested deeper than Gradio ever nests them)."""
     if isinstance(content, str):
         return content
     if isinstance(content, dict):
-        return content.get("text", "") if content.get("type", "text") == "text" else ""
-    if isinstance(content, (list, tuple)):
-        return "".join(text_of(c) for c in content)
+        text = content.get("text", "") if content.get("type", "text") == "text" else ""
+        return text if isinstance(text, str) else ""
+    if isinstance(content, (list, tuple)) and depth < 4:
+        return "".join(text_of(c, depth + 1) for c in content)
     return ""
 
 

@@ -32,8 +32,9 @@ def chromium_path() -> str:
 
 
 def chat_in_browser(url: str, question: str, screenshot: Path, max_new_tokens: int | None = None,
-                    timeout_ms: int = 60_000) -> tuple[str, str]:
-    """Open the app, optionally set max new tokens, send `question`, wait for the finished reply.
+                    timeout_ms: int = 60_000, key: str | None = None) -> tuple[str, str]:
+    """Open the app (signing in with `key` when the app has one), optionally set max new
+    tokens, send `question`, wait for the finished reply.
     Returns (reply text, the last-reply stats line)."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -42,6 +43,10 @@ def chat_in_browser(url: str, question: str, screenshot: Path, max_new_tokens: i
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 860})
             page.goto(url)
+            if key is not None:  # Gradio's sign-in form: any user name, the key as password
+                page.get_by_label("username").fill("browser")
+                page.get_by_label("password").fill(key)
+                page.get_by_role("button", name="Login").click()
             box = page.locator("#chat-input textarea")
             box.wait_for(timeout=timeout_ms)
             if max_new_tokens is not None:

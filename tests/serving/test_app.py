@@ -3,12 +3,14 @@ errors."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from gradio_client import Client
 
 from serving.chat import NOTICE
+from serving.screenshot import chat_in_browser
 from tests.conftest import run_cli
 from tests.serving.conftest import MAX_NEW_TOKENS, QUESTION
 
@@ -117,3 +119,78 @@ def listening_tcp_ports(pid: int) -> list[int]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 ports.append(int(fields[1].rsplit(":", 1)[1], 16))
     return sorted(ports)
+
+
+# ---------------------------------------------------------------------------- issue 23: 4
+
+KEY = "app-key-0123456789"
+
+
+def _post(url: str, body: bytes, headers: dict) -> int:
+    """The status of a POST, as a cross-site form or fetch would send it."""
+    import httpx
+
+    return httpx.post(url, content=body, headers=headers, timeout=60).status_code
+
+
+def test_a_page_on_another_site_cannot_make_the_app_generate(served_app: str, served_model):
+    """A keyless app ran a generation for a cross-site text/plain POST (the browser only hides
+    the answer from the page that sent it)."""
+    chat = b'{"data": ["What is 1 + 1?", 0.0, 2]}'
+    openai_body = json.dumps({"model": served_model.name, "max_tokens": 2,
+                              "messages": [{"role": "user", "content": "hi"}]}).encode()
+    host = served_app.rstrip("/")
+    for route, body in ((f"{served_app}gradio_api/call/chat", chat),
+                        (f"{served_app}v1/chat/completions", openai_body)):
+        for origin in ("http://evil.example", "null"):
+            assert _post(route, body, {"Content-Type": "text/plain", "Origin": origin}) == 403
+        # the page itself (same origin) and programs (no Origin) still get answers
+        assert _post(route, body, {"Content-Type": "application/json", "Origin": host}) == 200
+        assert _post(route, body, {"Content-Type": "application/json"}) == 200
+
+
+def test_an_app_key_guards_the_chat_routes_too(tmp_path: Path, served_model: Path):
+    import sys
+
+    import httpx
+    import pytest
+
+    from tests.serving.conftest import free_port, start_app, stop_app
+
+    port = free_port()
+    log = tmp_path / "app.log"
+    proc = start_app([sys.executable, "-m", "serving.app", "--model", str(served_model),
+                      "--port", str(port), "--api-key", KEY], port, log)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for route, body in (("gradio_api/call/chat", {"data": [QUESTION, 0.0, 2]}),
+                            ("gradio_api/run/chat", {"data": [QUESTION, 0.0, 2]}),
+                            ("gradio_api/queue/join", {"data": [QUESTION, 0.0, 2],
+                                                       "fn_index": 0, "session_hash": "x"})):
+            r = httpx.post(url + route, json=body, timeout=60)
+            assert r.status_code in (401, 403), (route, r.status_code, r.text[:200])
+        with pytest.raises(ValueError, match="login"):
+            Client(url, verbose=False, auth=("me", "wrong-key-000000"))
+        # the key is the page's password (any user name); a signed-in client chats
+        client = Client(url, verbose=False, auth=("me", KEY))
+        assert not client.predict(QUESTION, 0.0, 4, api_name="/chat").startswith(NOTICE)
+        page = httpx.get(url, timeout=60).text  # the page's config asks a browser to sign in
+        assert '"auth_required": true' in page.replace('":true', '": true')
+        # and a browser that signs in with the key chats as before
+        reply, _ = chat_in_browser(url, QUESTION, tmp_path / "shot.png", MAX_NEW_TOKENS, key=KEY)
+        assert reply.strip()
+    finally:
+        stop_app(proc)
+    assert KEY not in log.read_text()
+
+
+# ---------------------------------------------------------------------------- issue 23: 7
+
+def test_odd_input_gets_a_clean_answer_not_an_exception(served_app: str):
+    """Gradio showed the raw exception text (TypeError, RecursionError, "Probabilities contain
+    NaN") for what the API now refuses with 400."""
+    for data in ('[[1, null, ["a"], {"text": 5}], 0.0, 4]',
+                 "[" + "[" * 900 + "]" * 900 + ", 0.0, 4]",
+                 f'["{QUESTION}", 1e-308, 4]'):
+        reply = _raw_call(served_app, '{"data": ' + data + "}")  # no error event
+        assert isinstance(reply, str) and reply, data
