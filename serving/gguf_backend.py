@@ -41,6 +41,25 @@ def find_gguf(model_dir: str | Path) -> Path:
                        f"run: python scripts/export_gguf.py {model_dir}")
 
 
+def gpu_offload(xl: Any, gpu_layers: int | None) -> tuple[int, str]:
+    """How many layers llama.cpp puts on a GPU, and a line saying so: all where this build of
+    llama.cpp has a GPU backend (CUDA, Metal, Vulkan...), none otherwise, or what was asked."""
+    kinds = xl.ggml_backend_dev_type
+    gpu_kinds = (kinds.GGML_BACKEND_DEVICE_TYPE_GPU, kinds.GGML_BACKEND_DEVICE_TYPE_IGPU)
+    gpus = [d["description"] or d["name"] for d in xl.get_device_info() if d["type"] in gpu_kinds]
+    if gpu_layers is not None and gpu_layers < 0:
+        raise BackendError(f"--gpu-layers must be >= 0, got {gpu_layers}")
+    if not gpus:
+        if gpu_layers:
+            raise BackendError(f"--gpu-layers {gpu_layers}: this llama.cpp build has no GPU "
+                               "backend; run with --gpu-layers 0")
+        return 0, "llama.cpp on the CPU (this build has no GPU backend)"
+    layers = 999 if gpu_layers is None else gpu_layers  # 999: every layer the model has
+    where = "every layer" if gpu_layers is None else f"{layers} layer(s)"
+    return layers, f"llama.cpp with {where} on the GPU ({gpus[0]})" if layers else \
+        f"llama.cpp on the CPU (--gpu-layers 0; GPU present: {gpus[0]})"
+
+
 class GgufBackend(Backend):
     """Greedy or sampled generation with llama.cpp; f32 KV cache and no flash attention by
     default, so f32 files reproduce PyTorch's greedy tokens."""
@@ -48,7 +67,8 @@ class GgufBackend(Backend):
     runtime = "gguf"
 
     def __init__(self, model_dir: str | Path, gguf_file: str | Path | None = None,
-                 n_threads: int | None = None, n_ctx: int = 0, parallel: int = 1):
+                 n_threads: int | None = None, n_ctx: int = 0, parallel: int = 1,
+                 gpu_layers: int | None = None):
         super().__init__(model_dir)
         # llama.cpp's slots: `parallel` requests decoded together in one batch per step
         # (continuous batching), each with its own context.
@@ -66,6 +86,7 @@ class GgufBackend(Backend):
         p.n_parallel = parallel
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
+        p.n_gpu_layers, self.where = gpu_offload(xl, gpu_layers)
         p.cache_type_k = xl.ggml_type.GGML_TYPE_F32
         p.cache_type_v = xl.ggml_type.GGML_TYPE_F32
         p.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
