@@ -49,7 +49,7 @@ from serving.helpers import (
     made_by_hint,
     require_model,
 )
-from serving.runtimes import RUNTIMES, load_backend
+from serving.runtimes import RUNTIMES, add_runtime_arguments, load_backend, runtime_options
 
 KEY_ENV = "MLZERO_API_KEY"
 ROLES = ("system", "user", "assistant", "developer")  # developer: OpenAI's newer name for system
@@ -539,6 +539,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="gguf: requests decoded together in one batch (llama.cpp's slots)")
     p.add_argument("--max-tokens", type=int, default=ApiLimits.max_tokens,
                    help="the most new tokens a request may ask for")
+    add_runtime_arguments(p)
     args = p.parse_args(argv)
     if not (1 <= args.port <= 65535) or args.parallel < 1 or args.max_tokens < 1:
         raise UsageError("--port must be a TCP port, --parallel and --max-tokens positive")
@@ -546,7 +547,9 @@ def main(argv: list[str] | None = None) -> None:
     require_model(args.model, made_by_hint(args.model))
     check_port_free(args.host, args.port, f"python -m serving.api --model {args.model} "
                                           f"--backend {args.backend} --port {args.port + 1}")
-    options = {"parallel": args.parallel} if args.backend == "gguf" else {}
+    options = runtime_options(args.backend, args)
+    if args.backend == "gguf":
+        options["parallel"] = args.parallel
     try:
         backend = load_backend(args.model, args.backend, **options)
     except BackendError as err:
@@ -556,8 +559,8 @@ def main(argv: list[str] | None = None) -> None:
                        default_tokens=min(ApiLimits.default_tokens, args.max_tokens))
     app = build(ChatCompletions(backend, name, limits), key)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    serve(app, args.host, args.port, f"mlzero API: model {name!r} on {backend.name} running at "
-                                     f"http://{shown}:{args.port}/v1"
+    serve(app, args.host, args.port, f"mlzero API: model {name!r} on {backend.name} "
+                                     f"({backend.where}) running at http://{shown}:{args.port}/v1"
                                      + (" (API key required)" if key else ""))
 
 

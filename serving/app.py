@@ -28,7 +28,7 @@ from serving.helpers import (
     made_by_hint,
     require_model,
 )
-from serving.runtimes import RUNTIMES, load_backend
+from serving.runtimes import RUNTIMES, add_runtime_arguments, load_backend, runtime_options
 
 T = TypeVar("T")
 
@@ -109,6 +109,7 @@ def parse_args(argv: list[str] | None):
                    help="cap on the max-new-tokens setting (and the API's max_tokens)")
     p.add_argument("--api-key", help=f"require this key: a bearer key on /v1, the sign-in "
                                      f"password of the page (or set {api.KEY_ENV})")
+    add_runtime_arguments(p)
     return p.parse_args(argv)
 
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"--host {args.host} --port {args.port + 1}")
     _limit_threads(args.backend)
     try:
-        backend = load_backend(args.model, args.backend)
+        backend = load_backend(args.model, args.backend, **runtime_options(args.backend, args))
     except BackendError as err:
         raise UsageError(str(err)) from None
     limits = Limits(max_input_chars=args.max_input_chars, max_new_tokens=args.max_new_tokens,
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                                            "(any user name).")
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     serve(app, args.host, args.port,
-          f"mlzero chat: {backend.name} running at http://{shown}:{args.port} "
+          f"mlzero chat: {backend.name} ({backend.where}) running at http://{shown}:{args.port} "
           f"(OpenAI API at /v1{', key required' if key else ''})")
 
 

@@ -248,6 +248,7 @@ class Backend:
     """
 
     runtime = "?"
+    where = "the CPU"  # where it computes, as the app and evaluation print it
 
     def __init__(self, model_dir: str | Path, tokenizer_dir: str | Path | None = None):
         from transformers import AutoTokenizer

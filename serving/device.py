@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from serving.helpers import UsageError
+from serving.runtimes import DEVICES, PRECISIONS
 
-DEVICES = "auto|cpu|cuda|cuda:N|mps"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(?::(\d+))?)$")
 
@@ -120,12 +119,3 @@ def on_cpu_for_saving(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         model.to(where)
 
-
-def add_arguments(parser) -> None:
-    """--device and --precision, as every command that runs a torch model takes them (unset:
-    the recipe's value, else auto)."""
-    parser.add_argument("--device", help=f"where the model runs: {DEVICES} (default: auto, "
-                                         "a CUDA GPU, then Apple's MPS, then the CPU)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="auto (default: fp32 on the CPU, bf16 autocast on GPUs that have "
-                             "it, else fp16 with loss scaling), fp32, bf16 or fp16")

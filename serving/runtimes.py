@@ -22,6 +22,37 @@ REGISTRY = {
     "gguf": ("serving.gguf_backend", "GgufBackend"),  # gguf/<name>-<type>.gguf
 }
 RUNTIMES = tuple(REGISTRY)
+# Where a torch model runs (serving/device.py resolves these; named here, where no torch is
+# imported, so that the flags cost nothing to a command that serves with llama.cpp).
+DEVICES = "auto|cpu|cuda|cuda:N|mps"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def add_device_arguments(parser: Any, what: str = "the model") -> None:
+    """--device and --precision, as every command that runs a torch model takes them (unset:
+    the recipe's value, else auto)."""
+    parser.add_argument("--device", help=f"where {what} runs: {DEVICES} (default auto: a CUDA "
+                                         "GPU, then Apple's MPS, then the CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="auto (default: fp32 on the CPU, bf16 autocast on GPUs that have "
+                             "it, else fp16 with loss scaling), fp32, bf16 or fp16")
+
+
+def add_runtime_arguments(parser: Any) -> None:
+    """Where each runtime runs: --device/--precision (torch), --gpu-layers (gguf)."""
+    add_device_arguments(parser, "the torch runtime")
+    parser.add_argument("--gpu-layers", type=int,
+                        help="gguf: layers llama.cpp puts on a GPU (default: all where its build "
+                             "has a GPU backend, else 0)")
+
+
+def runtime_options(runtime: str, args: Any) -> dict[str, Any]:
+    """The flags of add_runtime_arguments that `runtime` takes, as load_backend options."""
+    if runtime == "torch":
+        return {"device": args.device or "auto", "precision": args.precision or "auto"}
+    if runtime == "gguf":
+        return {"gpu_layers": args.gpu_layers}
+    return {}
 
 
 def load_backend(model_dir: str | Path, runtime: str = "torch", **options: Any) -> Backend:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from serving.backend import Backend, BackendError, ChatEncoder
 from serving.helpers import (
@@ -26,7 +27,7 @@ from serving.helpers import (
     require_writable_file,
     weights_fingerprint,
 )
-from serving.runtimes import RUNTIMES, load_backend
+from serving.runtimes import RUNTIMES, add_runtime_arguments, load_backend, runtime_options
 from training import tasks
 
 
@@ -60,26 +61,34 @@ def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch:
     }
 
 
-def answer_perplexity(model_dir: str | Path, examples: list[tasks.Example]) -> float:
-    """exp(mean next-token loss over assistant-answer tokens), computed with PyTorch."""
+def answer_perplexity(model_dir: str | Path, examples: list[tasks.Example],
+                      backend: Backend | None = None) -> float:
+    """exp(mean next-token loss over assistant-answer tokens), computed with PyTorch: with the
+    torch backend's own model when that is the runtime scored (one load, on its device), else
+    with the folder loaded on the CPU (llama.cpp and onnxruntime return no logits here)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.chatdata import IGNORE, encode
 
-    try:
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                     use_safetensors=True).eval()
-    except Exception as err:  # corrupt weights or config: many exception types
-        raise UsageError(f"cannot load {model_dir}: {first_line(err)}") from None
+    if backend is not None and backend.runtime == "torch":
+        model, tok = backend.model, backend.tokenizer
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                         use_safetensors=True).eval()
+        except Exception as err:  # corrupt weights or config: many exception types
+            raise UsageError(f"cannot load {model_dir}: {first_line(err)}") from None
     chat = ChatEncoder(tok)
     nll, count = 0.0, 0
+    where = model.device
     with torch.inference_mode():
         for ex in examples:
             ids, labels = encode(chat, ex.messages(), max_len=10_000)
-            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
-            target = torch.tensor(labels[1:])
+            logits = model(input_ids=torch.tensor([ids], device=where)).logits[0, :-1]
+            target = torch.tensor(labels[1:], device=where)
             keep = target != IGNORE
             losses = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
             nll += float(losses)
@@ -88,21 +97,22 @@ def answer_perplexity(model_dir: str | Path, examples: list[tasks.Example]) -> f
 
 
 def evaluate(model_dir: str | Path, runtime: str = "torch", per_task: int = 200,
-             seed: int = 0, gguf_file: str | Path | None = None) -> dict:
+             seed: int = 0, gguf_file: str | Path | None = None, **options: Any) -> dict:
     """The evaluation report for one model folder and runtime (see module doc), with the
     fingerprint of the weights it scored (`made_from`): a later stage that changes them makes
-    this report stale, and the pipeline sees it."""
+    this report stale, and the pipeline sees it. `options` go to the runtime (e.g. device)."""
     examples = tasks.held_out_examples(per_task, seed)
     try:
-        backend = load_backend(model_dir, runtime, gguf_file=gguf_file)
+        backend = load_backend(model_dir, runtime, gguf_file=gguf_file, **options)
     except BackendError as err:
         raise UsageError(str(err)) from None
+    print(f"evaluating on {backend.where}", flush=True)
     report = exact_match_accuracy(backend, examples)
     # Perplexity needs logits; llama.cpp's API does not return them, so it is always PyTorch's.
-    report["perplexity"] = round(answer_perplexity(model_dir, examples), 4)
+    report["perplexity"] = round(answer_perplexity(model_dir, examples, backend), 4)
     report["perplexity_runtime"] = "torch"
     return {"model": str(model_dir), "runtime": runtime, "backend": backend.name,
-            "per_task": per_task, **report,
+            "where": backend.where, "per_task": per_task, **report,
             "made_from": {"weights": weights_fingerprint(model_dir)}}
 
 
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gguf", type=Path,
                    help="with --runtime gguf: which file (default: the f16 export)")
     p.add_argument("--json", type=Path, help="write the report here")
+    add_runtime_arguments(p)
     args = p.parse_args(argv)
     require_model(args.model, made_by_hint(args.model))
     if args.per_task < 1:
@@ -123,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError("--gguf needs --runtime gguf; see: python -m training.evaluate --help")
     if args.json:
         require_writable_file(args.json)  # before the evaluation, not after
-    report = evaluate(args.model, args.runtime, args.per_task, args.seed, args.gguf)
+    report = evaluate(args.model, args.runtime, args.per_task, args.seed, args.gguf,
+                      **runtime_options(args.runtime, args))
     for task, r in report["tasks"].items():
         print(f"{task:12s} {r['accuracy']:6.1%}  ({r['correct']}/{r['n']})")
     print(f"{'perplexity':12s} {report['perplexity']:.3f}")

@@ -28,6 +28,7 @@ from serving.helpers import (
     require_model,
     weights_fingerprint,
 )
+from serving.runtimes import add_device_arguments
 from training.chatdata import (
     BUILTIN,
     Row,
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the base vs fine-tuned evaluation")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off by default: it runs arbitrary code)")
-    device.add_arguments(p)
+    add_device_arguments(p)
     args = p.parse_args(argv)
     out: Path = args.out
     s = load_settings(FinetuneSettings, out, "finetune",

@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from serving import device
 from serving.helpers import ArgumentParser, UsageError, cli_main
+from serving.runtimes import add_device_arguments
 from training import corpus
 from training import tokenizer as tokenizer_lib
 from training.stage import (
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     add_force_flag(p)
-    device.add_arguments(p)
+    add_device_arguments(p)
     args = p.parse_args(argv)
     out: Path = args.out
     check_output(out, argv=argv, force=args.force, resume=args.resume)

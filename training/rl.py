@@ -35,6 +35,7 @@ from serving.helpers import (
     cli_main,
     weights_fingerprint,
 )
+from serving.runtimes import add_device_arguments
 from training import tasks
 from training.generate import answer
 from training.stage import (
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     add_force_flag(p)
-    device.add_arguments(p)
+    add_device_arguments(p)
     args = p.parse_args(argv)
     out: Path = args.out
     s = load_settings(RLSettings, out, "rl", {k: getattr(args, k) for k in (

@@ -59,3 +59,32 @@ def test_torch_backend_runs_where_it_is_told(tiny_chat):
 def test_torch_backend_refuses_an_absent_device(tiny_chat):
     with pytest.raises(BackendError, match="no CUDA GPU is visible"):
         TorchBackend(tiny_chat, device="cuda")
+
+
+def test_every_command_that_runs_a_model_takes_the_device_flags():
+    """The stages, the evaluation and both servers have --device/--precision; the servers and
+    the evaluation --gpu-layers too (the flags come from serving/runtimes.py)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    wanted = {"training.pretrain": ["--device", "--precision"],
+              "training.finetune": ["--device", "--precision"],
+              "training.rl": ["--device", "--precision"],
+              "training.evaluate": ["--device", "--precision", "--gpu-layers"],
+              "serving.app": ["--device", "--precision", "--gpu-layers"],
+              "serving.api": ["--device", "--precision", "--gpu-layers"]}
+    for module, flags in wanted.items():
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120).stdout
+        assert all(flag in out for flag in flags), (module, flags)
+
+
+def test_evaluate_scores_on_the_device_it_is_told(tiny_chat, capsys):
+    from training.evaluate import evaluate
+
+    report = evaluate(tiny_chat, "torch", per_task=2, precision="bf16")
+    assert report["where"] == "device cpu, precision bf16"
+    assert "evaluating on device cpu, precision bf16" in capsys.readouterr().out
+    assert all(0 <= r["accuracy"] <= 1 for r in report["tasks"].values())
