@@ -12,6 +12,14 @@ Paths (each started as users start it, then loaded the same way):
 Each client asks "What is A + B?" (random A, B) in a loop and streams the reply; time to first
 token is when the first non-empty piece arrives at the client, latency when the reply is
 complete. Reports requests/s, tokens/s, p50/p95 of both, and errors (must be 0).
+
+A soak (`--paths soak`, not in the default): one `python -m serving.api --backend gguf`, the
+same clients measured twice for `--seconds` each, first alone, then beside `--droppers`
+clients that start long streams and leave after a random 1-5 chunks, again and again. Prints
+errors (must be 0) and the latency p95 without and with droppers, side by side, and their
+ratio (about 1: a dropped stream frees the model at once).
+
+    python bench/bench_serving.py --model M --paths soak --clients 4 --droppers 4 --seconds 20
 """
 
 from __future__ import annotations
@@ -151,10 +159,74 @@ def run(make_ask, clients: int, seconds: float, max_new_tokens: int, think: floa
     }
 
 
+def drop_streams(url: str, model: str, seed: int, clock: dict, drops: list,
+                 errors: list) -> None:
+    """Until the clock ends: start a long stream, read 1-5 chunks, leave (close the
+    connection without reading the rest), pause a moment, again."""
+    import httpx  # imported already by soak(), in the main thread: see there
+
+    rng = random.Random(seed)
+    body = {"model": model, "messages": [{"role": "user", "content": "Tell me a story."}],
+            "max_tokens": 400, "stream": True, "temperature": 0}
+    while time.monotonic() < clock["end"]:
+        try:
+            with httpx.stream("POST", f"{url}v1/chat/completions", json=body,
+                              timeout=120) as r:
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}")
+                wanted = rng.randint(1, 5)
+                for i, _ in enumerate(r.iter_lines()):
+                    if i + 1 >= wanted * 2:  # an event is a data line and a blank line
+                        break
+            drops.append(wanted)  # leaving the block closed the connection mid-stream
+        except Exception as err:  # counted and reported; the dropper keeps going
+            errors.append(f"dropper: {type(err).__name__}: {err}")
+        time.sleep(rng.uniform(0.0, 0.5))
+
+
+def soak(url: str, model: str, args: argparse.Namespace) -> dict:
+    """The same measured clients alone, then beside clients that drop streams at random."""
+    import httpx  # noqa: F401  (once, here: threads importing it at once saw it half-made)
+
+    make = lambda: openai_ask(url, model)  # noqa: E731
+    alone = run(make, args.clients, args.seconds, args.max_new_tokens, args.think)
+    clock, drops, errors = {"end": time.monotonic() + args.seconds + 5}, [], []
+    droppers = [threading.Thread(target=drop_streams, daemon=True,
+                                 args=(url, model, 1000 + i, clock, drops, errors))
+                for i in range(args.droppers)]
+    for t in droppers:
+        t.start()
+    beside = run(make, args.clients, args.seconds, args.max_new_tokens, args.think)
+    clock["end"] = 0.0  # droppers finish the stream they are in, then stop
+    for t in droppers:
+        t.join(150)
+    ratio = beside["latency_p95_ms"] / alone["latency_p95_ms"]
+    return {"alone": alone, "with_droppers": beside, "droppers": args.droppers,
+            "drops": len(drops), "dropper_errors": len(errors), "error_samples": errors[:5],
+            "errors": alone["errors"] + beside["errors"] + len(errors),
+            "latency_p95_ratio": round(ratio, 2)}
+
+
+def print_soak(res: dict) -> None:
+    alone, beside = res["alone"], res["with_droppers"]
+    print(f"soak     {'':14s} {'requests':>8s} {'errors':>6s} {'TTFT p95':>9s} "
+          f"{'latency p50':>11s} {'latency p95':>11s}")
+    for label, r in (("alone", alone), (f"+{res['droppers']} droppers", beside)):
+        print(f"soak     {label:14s} {r['requests']:8d} {r['errors']:6d} "
+              f"{r['ttft_p95_ms']:7.1f}ms {r['latency_p50_ms']:9.1f}ms "
+              f"{r['latency_p95_ms']:9.1f}ms", flush=True)
+    print(f"soak     {res['drops']} streams dropped, {res['dropper_errors']} dropper errors; "
+          f"{res['errors']} errors in all; latency p95 with/without droppers "
+          f"{res['latency_p95_ratio']}x")
+    for e in res["error_samples"] + alone["error_samples"] + beside["error_samples"]:
+        print("  error:", e)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=ROOT / "models" / "tiny-chat")
-    p.add_argument("--paths", default=",".join(PATHS), help=f"which of {', '.join(PATHS)}")
+    p.add_argument("--paths", default=",".join(PATHS),
+                   help=f"which of {', '.join(PATHS)}, soak (comma-separated)")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--parallel", type=int, default=16, help="slots of the batched path")
     p.add_argument("--seconds", type=float, default=30.0, help="how long clients keep asking")
@@ -162,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--think", type=float, default=0.0,
                    help="mean pause between a client's requests in seconds "
                         "(default 0: back-to-back)")
+    p.add_argument("--droppers", type=int, default=4,
+                   help="soak: clients that start streams and leave after a few chunks")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if not args.model.is_dir():
@@ -177,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
             argv_ += ["--parallel", str(args.parallel)]
         proc = start_server(argv_, Path(f"/tmp/bench_serving_{path}_{port}.log"))
         try:
+            if path == "soak":
+                report["soak"] = soak(url, model, args)
+                print_soak(report["soak"])
+                continue
             make = (lambda u=url: gradio_ask(u)) if path == "gradio" else (
                 lambda u=url: openai_ask(u, model))
             res = run(make, args.clients, args.seconds, args.max_new_tokens, args.think)
@@ -197,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path:8s} {res['vs_gradio']}x the gradio path's requests/s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if any(r["errors"] for r in report["paths"].values()):
+    if any(r.get("errors") for r in [*report["paths"].values(), report.get("soak", {})]):
         sys.exit(1)
 
 
