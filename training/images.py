@@ -43,6 +43,7 @@ from serving.helpers import (
     cli_main,
     require_writable_file,
 )
+from serving.runtimes import add_device_arguments
 
 PROG = "python -m training.images"
 TASKS = ("generate", "classify")
@@ -62,6 +63,8 @@ class GenerateSettings:
     channels: list = field(default_factory=lambda: [16, 32, 32])  # UNet widths, 8 -> 4 -> 2
     ema_decay: float = 0.999
     seed: int = 0
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
+    precision: str = "auto"  # auto|fp32|bf16|fp16
 
     def check(self) -> None:
         _positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
@@ -85,6 +88,8 @@ class ClassifySettings:
     patch_size: int = 2
     shift_probability: float = 0.3  # a training image moves by one pixel with this probability
     seed: int = 0
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
+    precision: str = "auto"  # auto|fp32|bf16|fp16
 
     def check(self) -> None:
         _positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -179,6 +184,23 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def step_with(optimizer, loss, parameters, scaler) -> None:
+    """Backward, clip to 1.0, step: through the gradient scaler when float16 needs one."""
+    import torch
+
+    parameters = list(parameters)
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
@@ -211,28 +233,33 @@ def generate(s: GenerateSettings, n_samples: int = N_SAMPLES) -> dict:
     import torch
     from diffusers.training_utils import EMAModel
 
+    from serving import device
+
+    placement = device.resolve(s.device, s.precision)
     torch.manual_seed(s.seed)
     x_train, y_train, x_test, y_test = digits_split()
     data = torch.from_numpy(x_train[:, None] / 8.0 - 1.0)  # 0-16 -> [-1, 1]
-    unet, scheduler = build_unet(s), build_scheduler(s)
+    unet, scheduler = build_unet(s).to(placement.device), build_scheduler(s)
     ema = EMAModel(unet.parameters(), decay=s.ema_decay, foreach=True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.0)
+    scaler = placement.grad_scaler()
     rng = torch.Generator().manual_seed(s.seed)
     history = []
     with _progress(s.steps, "diffusion") as bar:
         for step in range(s.steps):
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * lr_factor(step, s.steps, s.warmup)
+            # drawn on the CPU from one generator (the same numbers on any device), then moved
             x0 = data[torch.randint(0, len(data), (s.batch_size,), generator=rng)]
             noise = torch.randn(x0.shape, generator=rng)
             t = torch.randint(0, s.timesteps, (s.batch_size,), generator=rng)
+            x0, noise, t = (v.to(placement.device) for v in (x0, noise, t))
             # the objective: from the noisy image and t, predict the noise that was added
-            loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample,
-                                                noise)
+            with placement.autocast():
+                predicted = unet(scheduler.add_noise(x0, noise, t), t).sample
+            loss = torch.nn.functional.mse_loss(predicted.float(), noise)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
+            step_with(optimizer, loss, unet.parameters(), scaler)
             ema.step(unet.parameters())
             history.append((step, float(loss.detach())))
             bar.update()
@@ -240,7 +267,7 @@ def generate(s: GenerateSettings, n_samples: int = N_SAMPLES) -> dict:
     trained = time.perf_counter()
 
     ema.copy_to(unet.parameters())
-    samples = draw(unet, scheduler, n_samples, s.seed)
+    samples = draw(unet, scheduler, n_samples, s.seed, placement)
     drawn = time.perf_counter()
 
     judge = digit_judge(x_train, y_train, s.seed)
@@ -258,24 +285,32 @@ def generate(s: GenerateSettings, n_samples: int = N_SAMPLES) -> dict:
         "real_test_images": likeness(judge, x_test[:n_samples]),
         "uniform_noise": likeness(judge, noise),
         "settings": asdict(s),
+        **placement.record(),
         "history": history[:: max(1, len(history) // 200)],
     }
     labels, probability = judged(judge, samples)
     return {"report": report, "samples": samples, "labels": labels, "probability": probability}
 
 
-def draw(unet, scheduler, n: int, seed: int) -> np.ndarray:
-    """n images from pure noise, denoised over every diffusion step; (n, 8, 8) on 0-16."""
+def draw(unet, scheduler, n: int, seed: int, placement=None) -> np.ndarray:
+    """n images from pure noise, denoised over every diffusion step; (n, 8, 8) on 0-16, on the
+    placement's device (default: the CPU in float32)."""
     import torch
 
-    rng = torch.Generator().manual_seed(seed + 1)
+    from serving.device import CPU
+
+    placement = placement or CPU
+
+    rng = torch.Generator().manual_seed(seed + 1)  # on the CPU: the same noise on any device
     scheduler.set_timesteps(scheduler.config.num_train_timesteps)
-    x = torch.randn((n, 1, 8, 8), generator=rng)
+    x = torch.randn((n, 1, 8, 8), generator=rng).to(placement.device)
     unet.eval()
     with torch.no_grad():
         for t in scheduler.timesteps:
-            x = scheduler.step(unet(x, t).sample, t, x, generator=rng).prev_sample
-    return ((x.clamp(-1, 1) + 1) * 8).numpy().reshape(n, 8, 8).astype(np.float32)
+            with placement.autocast():
+                predicted = unet(x, t).sample
+            x = scheduler.step(predicted.float(), t, x, generator=rng).prev_sample
+    return ((x.clamp(-1, 1) + 1) * 8).cpu().numpy().reshape(n, 8, 8).astype(np.float32)
 
 
 def save_grid(samples: np.ndarray, labels: list[str], path: Path, title: str) -> None:
@@ -317,10 +352,14 @@ def classify(s: ClassifySettings) -> dict:
     started = time.perf_counter()
     import torch
 
+    from serving import device
+
+    placement = device.resolve(s.device, s.precision)
     torch.manual_seed(s.seed)
     x_train, y_train, x_test, y_test = digits_split()
-    model = build_vit(s)
+    model = build_vit(s).to(placement.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    scaler = placement.grad_scaler()
     rng = np.random.default_rng(s.seed)
     per_epoch = math.ceil(len(x_train) / s.batch_size)
     total = s.epochs * per_epoch
@@ -334,21 +373,22 @@ def classify(s: ClassifySettings) -> dict:
                 batch = order[i: i + s.batch_size]
                 for group in optimizer.param_groups:
                     group["lr"] = s.lr * lr_factor(step, total, s.warmup_epochs * per_epoch)
-                pixels = torch.from_numpy(images[batch][:, None] / 16.0)
+                pixels = torch.from_numpy(images[batch][:, None] / 16.0).to(placement.device)
+                labels = torch.from_numpy(y_train[batch]).to(placement.device)
                 # the objective: the right label, by cross-entropy (the model computes it)
-                loss = model(pixel_values=pixels, labels=torch.from_numpy(y_train[batch])).loss
+                with placement.autocast():
+                    loss = model(pixel_values=pixels, labels=labels).loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
+                step_with(optimizer, loss, model.parameters(), scaler)
                 history.append((step, float(loss.detach())))
                 step += 1
                 bar.update()
                 bar.set_postfix(loss=f"{history[-1][1]:.3f}")
     model.eval()
-    with torch.no_grad():
-        logits = model(pixel_values=torch.from_numpy(x_test[:, None] / 16.0)).logits
-    predicted = logits.argmax(-1).numpy()
+    with torch.no_grad(), placement.autocast():
+        pixels = torch.from_numpy(x_test[:, None] / 16.0).to(placement.device)
+        logits = model(pixel_values=pixels).logits
+    predicted = logits.argmax(-1).cpu().numpy()
     return {
         "test_accuracy": float((predicted == y_test).mean()),
         "test_correct": int((predicted == y_test).sum()),
@@ -357,6 +397,7 @@ def classify(s: ClassifySettings) -> dict:
         "final_loss": float(np.mean([v for _, v in history[-per_epoch:]])),
         "parameters": sum(p.numel() for p in model.parameters()),
         "settings": asdict(s),
+        **placement.record(),
         "history": history[:: max(1, len(history) // 200)],
     }
 
@@ -375,6 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="generate: training steps (default 1500)")
     p.add_argument("--epochs", type=int, help="classify: training epochs (default 60)")
+    add_device_arguments(p)
     args = p.parse_args(argv)
 
     if args.task == "classify":
@@ -397,7 +439,13 @@ def main(argv: list[str] | None = None) -> None:
         settings = GenerateSettings(seed=args.seed)
         if args.steps is not None:
             settings.steps = args.steps
+    settings.device = args.device or settings.device
+    settings.precision = args.precision or settings.precision
     settings.check()
+    from serving import device
+
+    print(f"running on {device.resolve(settings.device, settings.precision).describe()}",
+          flush=True)  # before any work: an absent device is one line now
     grid = args.grid or args.json.with_suffix(".png")
     outputs = [args.json] + ([args.samples, grid] if args.task == "generate" else [])
     for out in outputs:

@@ -173,3 +173,25 @@ def test_trl_gets_the_placement():
     gpu = rl.common_args(rl.RLSettings(), Path("ckpt"),
                          device.Placement(torch.device("cuda", 0), "bf16"))
     assert (gpu["use_cpu"], gpu["bf16"]) == (False, True)
+
+
+def test_images_train_under_autocast_and_record_it():
+    """Both image tasks at tiny sizes under bf16 autocast: finite, and the report says so."""
+    from training import images
+
+    drawn = images.generate(images.GenerateSettings(steps=6, batch_size=16, channels=[8, 16],
+                                                    device="cpu", precision="bf16"), n_samples=4)
+    report = drawn["report"]
+    assert (report["device"], report["precision"]) == ("cpu", "bf16")
+    assert np.isfinite(report["final_loss"]) and np.isfinite(drawn["samples"]).all()
+    vit = images.classify(images.ClassifySettings(epochs=1, hidden_size=16, layers=1,
+                                                  precision="fp16"))
+    assert vit["precision"] == "fp16" and np.isfinite(vit["final_loss"])
+
+
+def test_images_refuse_an_absent_device_before_any_work(tmp_path):
+    out = tmp_path / "report.json"
+    proc = run_cli("-m", "training.images", "--task", "classify", "--json", str(out),
+                   "--device", "cuda", check=False, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "no CUDA GPU" in proc.stderr and not out.exists()
