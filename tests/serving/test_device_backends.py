@@ -72,6 +72,8 @@ def test_every_command_that_runs_a_model_takes_the_device_flags():
     wanted = {"training.pretrain": ["--device", "--precision"],
               "training.finetune": ["--device", "--precision"],
               "training.rl": ["--device", "--precision"],
+              "training.federated": ["--device", "--precision"],
+              "training.images": ["--device", "--precision"],
               "training.evaluate": ["--device", "--precision", "--gpu-layers"],
               "serving.app": ["--device", "--precision", "--gpu-layers"],
               "serving.api": ["--device", "--precision", "--gpu-layers"]}

@@ -195,3 +195,10 @@ def test_images_refuse_an_absent_device_before_any_work(tmp_path):
                    "--device", "cuda", check=False, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "no CUDA GPU" in proc.stderr and not out.exists()
+
+
+def test_federated_clients_refuse_an_absent_device_before_ray_starts(tmp_path):
+    proc = run_cli("-m", "training.federated", "--base", str(tmp_path), "--device", "cuda:3",
+                   "--json", str(tmp_path / "fed.json"), check=False, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "no CUDA GPU" in proc.stderr

@@ -26,6 +26,7 @@ PROG = "python -m training.federated"
 
 
 def main(argv: list[str] | None = None) -> None:
+    from serving.runtimes import add_device_arguments
     from training.federated.cli_common import add_fault_flags, faults_from, number
     from training.federated.lora import TASK_ORDER, WEIGHTINGS, LoraSettings
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint's last finished round")
     add_fault_flags(p)
+    add_device_arguments(p, "every client's model")
     args = p.parse_args(argv)
     if args.num_cpus is None:
         args.num_cpus = args.clients
@@ -76,8 +78,10 @@ def main(argv: list[str] | None = None) -> None:
                      lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                      tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
                      weighting=args.weighting, seed=args.seed, per_task=args.per_task,
-                     noise=args.noise, clip=args.clip)
+                     noise=args.noise, clip=args.clip, device=args.device or d.device,
+                     precision=args.precision or d.precision)
     s.check()
+    print(f"clients train on {s.placement().describe()}", flush=True)
     from training.finetune import check_base
 
     check_base(s.base)
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         "full_weight_bytes": fed["full_weight_bytes"],
         "clients": [{"client": k, "data": t} for k, t in enumerate(s.slices())],
         "settings": asdict(s),
+        **s.placement().record(),
         "engine": "flwr",
         "privacy": {"noise_multiplier": s.noise, "clip": s.clip if s.noise else None,
                     "wrapper": "DifferentialPrivacyClientSideFixedClipping" if s.noise else None,

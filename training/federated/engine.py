@@ -142,10 +142,15 @@ def save_state(ckpt: Path, arrays: Arrays, state: dict) -> None:
 
 
 def load_state(ckpt: Path, settings: dict) -> tuple[Arrays, dict]:
+    """The checkpoint's global model and state, if it was made with these settings (those a
+    resume may change, such as the device, aside)."""
+    from training.stage import RESUMABLE_CHANGES
+
     state = json.loads((ckpt / "state.json").read_text())
-    if state["settings"] != json.loads(json.dumps(settings)):
-        changed = sorted(k for k in set(settings) | set(state["settings"])
-                         if state["settings"].get(k) != settings.get(k))
+    settings = json.loads(json.dumps(settings))
+    changed = sorted(k for k in set(settings) | set(state["settings"])
+                     if state["settings"].get(k) != settings.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
         raise ValueError(f"--resume with other settings than the checkpoint's "
                          f"({', '.join(changed)}); delete {ckpt} to start over")
     with np.load(ckpt / "global.npz", allow_pickle=False) as z:
@@ -244,8 +249,9 @@ def _reason(text: str) -> str:
 
 
 def simulate(factory: Callable[[int, int], Trainer], plan: Plan, faults: Faults | None = None,
-             num_cpus: int = 2, key: str = "run") -> dict:
-    """Run `plan` on Flower's simulation engine with `plan.clients` ClientApps."""
+             num_cpus: int = 2, key: str = "run", num_gpus: float = 0.0) -> dict:
+    """Run `plan` on Flower's simulation engine with `plan.clients` ClientApps, each given one
+    CPU and `num_gpus` of a GPU."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -265,7 +271,8 @@ def simulate(factory: Callable[[int, int], Trainer], plan: Plan, faults: Faults 
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server, client_app(factory, key, faults, dp=plan.noise > 0),
                        num_supernodes=plan.clients,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                       backend_config={"client_resources": {"num_cpus": 1,
+                                                            "num_gpus": num_gpus},
                                        "init_args": {"num_cpus": num_cpus,
                                                      "include_dashboard": False,
                                                      "logging_level": logging.ERROR,

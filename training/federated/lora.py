@@ -56,6 +56,13 @@ class LoraSettings:
     max_len: int = 128
     noise: float = 0.0  # > 0: Flower's DifferentialPrivacyClientSideFixedClipping
     clip: float = 1.0
+    device: str = "auto"  # where every client trains (serving/device.py); on a GPU they share it
+    precision: str = "auto"
+
+    def placement(self):
+        from serving.device import resolve
+
+        return resolve(self.device, self.precision)
 
     def slices(self) -> list[list[str]]:
         """Which tasks each client holds."""
@@ -73,6 +80,7 @@ class LoraSettings:
                              "or fewer")
         if self.weighting not in WEIGHTINGS:
             raise UsageError(f"--weighting must be one of {', '.join(WEIGHTINGS)}")
+        self.placement()  # an absent device: one line now, not in a client process later
 
 
 # ---------------------------------------------------------------- model, data, local training
@@ -87,12 +95,13 @@ def load_lora_model(s: LoraSettings):
     model, tok = load_base(s.base, trust_remote_code=False)
     torch.manual_seed(s.seed)
     model = add_lora(model, FinetuneSettings(lora_r=s.lora_r, lora_alpha=s.lora_alpha))
-    return model, tok
+    return model.to(s.placement().device), tok
 
 
 def adapter_arrays(model) -> dict[str, np.ndarray]:
     """The trainable (LoRA) parameters: all that travels."""
-    return {n: p.detach().numpy().copy() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()
+            if p.requires_grad}
 
 
 def set_adapter(model, arrays: dict[str, np.ndarray]) -> None:
@@ -192,7 +201,8 @@ class LoraTrainer:
         S = self.s.local_steps
         losses = train_window(self.model, self.data.batch, len(self.data),
                               train_config(self.s, self.s.rounds * S),
-                              range((rnd - 1) * S, rnd * S), self.data.lengths)
+                              range((rnd - 1) * S, rnd * S), self.data.lengths,
+                              placement=self.s.placement())
         n = len(self.data) if self.s.weighting == "examples" else 1
         return adapter_arrays(self.model), n, {"loss": float(np.mean(losses))}
 
@@ -219,8 +229,12 @@ def run_federated(s: LoraSettings, faults=None, checkpoint: Path | None = None,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the cores are the clients' while they train
     try:
+        # on a GPU every client process asks Ray for an equal share of it (Ray hides the GPUs
+        # from a process that asked for none)
+        gpus = 1.0 / s.clients if s.placement().device.type == "cuda" else 0.0
         result = engine.simulate(functools.partial(make_trainer, asdict(s)), plan, faults,
-                                 num_cpus=num_cpus, key=json.dumps(asdict(s), sort_keys=True))
+                                 num_cpus=num_cpus, key=json.dumps(asdict(s), sort_keys=True),
+                                 num_gpus=gpus)
     finally:
         torch.set_num_threads(threads)
     set_adapter(model, result["arrays"])
@@ -239,7 +253,7 @@ def run_local(s: LoraSettings, tasks: list[str], steps: int, desc: str) -> dict:
     model, tok = load_lora_model(s)
     data = load_slice(tok, tasks, s)
     result = train(model, data.batch, len(data), train_config(s, steps), None, desc=desc,
-                   lengths=data.lengths)
+                   lengths=data.lengths, placement=s.placement())
     return {"data": tasks, "steps": steps,
             "train_loss": round(float(np.mean([x for _, x in result.history[-10:]])), 4),
             "seconds": round(result.seconds, 1), "tasks": evaluate(model, tok, s)}
