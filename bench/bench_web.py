@@ -97,7 +97,9 @@ def main() -> None:
         size = {"site_mb": round(sum(f.stat().st_size for f in files) / 1e6, 2),
                 "model_mb": round(sum(f.stat().st_size for f in files
                                       if f.suffix == ".gguf") / 1e6, 2)}
+        print("measuring in the browser...", file=sys.stderr, flush=True)
         browser = in_browser(site, args.tokens, args.repeats)
+    print("measuring llama.cpp natively...", file=sys.stderr, flush=True)
     local = native(args.model, args.outtype, args.tokens, args.repeats)
     ratio = browser["decode_tokens_per_s"] / local["decode_tokens_per_s"]
     print(f"{args.model.name} ({args.outtype}): greedy, {args.tokens} new tokens, 1 thread, "
