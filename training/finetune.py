@@ -289,9 +289,11 @@ def main(argv: list[str] | None = None) -> None:
             return {}
         from training.evaluate import evaluate
 
-        evals = {"fine_tuned": {**evaluate(folder, "torch", s.eval_per_task), "model": str(out)}}
+        where = {"device": s.device, "precision": s.precision}  # where the training ran
+        evals = {"fine_tuned": {**evaluate(folder, "torch", s.eval_per_task, **where),
+                                "model": str(out)}}
         if base_is_local:
-            evals["base"] = evaluate(s.base, "torch", s.eval_per_task)
+            evals["base"] = evaluate(s.base, "torch", s.eval_per_task, **where)
         return evals
 
     table: dict[str, str] = {}

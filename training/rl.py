@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate(folder: Path) -> dict:
         from training.evaluate import evaluate
 
-        return {"rl": {**evaluate(folder, "torch", 200), "model": str(out)}}
+        where = {"device": s.device, "precision": s.precision}  # where the training ran
+        return {"rl": {**evaluate(folder, "torch", 200, **where), "model": str(out)}}
 
     def card(evals: dict) -> dict:
         table = {t: f"{r['accuracy']:.1%} ({r['correct']}/{r['n']})"
