@@ -14,10 +14,12 @@ token is when the first non-empty piece arrives at the client, latency when the 
 complete. Reports requests/s, tokens/s, p50/p95 of both, and errors (must be 0).
 
 A soak (`--paths soak`, not in the default): one `python -m serving.api --backend gguf`, the
-same clients measured twice for `--seconds` each, first alone, then beside `--droppers`
-clients that start long streams and leave after a random 1-5 chunks, again and again. Prints
-errors (must be 0) and the latency p95 without and with droppers, side by side, and their
-ratio (about 1: a dropped stream frees the model at once).
+same clients measured three times for `--seconds` each: alone; beside `--droppers` polite
+clients that each ask for 1-5 tokens and read the reply to its end (the control: the same extra
+work on the one model); beside as many droppers that start 400-token streams and leave after
+the same 1-5 chunks, again and again. Prints errors (must be 0) and the latency p95 of each
+phase; the droppers' p95 over the polite clients' is about 1 when a dropped stream frees the
+model at once (over "alone" it also counts the droppers' own generation).
 
     python bench/bench_serving.py --model M --paths soak --clients 4 --droppers 4 --seconds 20
 """
@@ -160,65 +162,80 @@ def run(make_ask, clients: int, seconds: float, max_new_tokens: int, think: floa
 
 
 def drop_streams(url: str, model: str, seed: int, clock: dict, drops: list,
-                 errors: list) -> None:
+                 errors: list, polite: bool = False) -> None:
     """Until the clock ends: start a long stream, read 1-5 chunks, leave (close the
-    connection without reading the rest), pause a moment, again."""
+    connection without reading the rest), pause a moment, again. `polite`: ask for those 1-5
+    tokens only and read the reply to its end (the same work, no drop)."""
     import httpx  # imported already by soak(), in the main thread: see there
 
     rng = random.Random(seed)
-    body = {"model": model, "messages": [{"role": "user", "content": "Tell me a story."}],
-            "max_tokens": 400, "stream": True, "temperature": 0}
     while time.monotonic() < clock["end"]:
+        wanted = rng.randint(1, 5)
+        body = {"model": model, "messages": [{"role": "user", "content": "Tell me a story."}],
+                "max_tokens": wanted if polite else 400, "stream": True, "temperature": 0}
         try:
             with httpx.stream("POST", f"{url}v1/chat/completions", json=body,
                               timeout=120) as r:
                 if r.status_code != 200:
                     raise RuntimeError(f"HTTP {r.status_code}")
-                wanted = rng.randint(1, 5)
                 for i, _ in enumerate(r.iter_lines()):
-                    if i + 1 >= wanted * 2:  # an event is a data line and a blank line
+                    if not polite and i + 1 >= wanted * 2:  # an event: a data + a blank line
                         break
-            drops.append(wanted)  # leaving the block closed the connection mid-stream
+            drops.append(wanted)  # a dropper leaving the block closed the connection
         except Exception as err:  # counted and reported; the dropper keeps going
             errors.append(f"dropper: {type(err).__name__}: {err}")
         time.sleep(rng.uniform(0.0, 0.5))
 
 
+def beside(url: str, model: str, args: argparse.Namespace, polite: bool) -> tuple[dict, int, list]:
+    """The measured clients while `args.droppers` others drop streams (or, polite, finish
+    equally short ones); returns their results, the streams the others made, their errors."""
+    make = lambda: openai_ask(url, model)  # noqa: E731
+    clock, made, errors = {"end": time.monotonic() + args.seconds + 5}, [], []
+    others = [threading.Thread(target=drop_streams, daemon=True,
+                               args=(url, model, 1000 + i, clock, made, errors, polite))
+              for i in range(args.droppers)]
+    for t in others:
+        t.start()
+    measured = run(make, args.clients, args.seconds, args.max_new_tokens, args.think)
+    clock["end"] = 0.0  # they finish the stream they are in, then stop
+    for t in others:
+        t.join(150)
+    return measured, len(made), errors
+
+
 def soak(url: str, model: str, args: argparse.Namespace) -> dict:
-    """The same measured clients alone, then beside clients that drop streams at random."""
+    """The same measured clients alone, beside polite clients, beside droppers."""
     import httpx  # noqa: F401  (once, here: threads importing it at once saw it half-made)
 
-    make = lambda: openai_ask(url, model)  # noqa: E731
-    alone = run(make, args.clients, args.seconds, args.max_new_tokens, args.think)
-    clock, drops, errors = {"end": time.monotonic() + args.seconds + 5}, [], []
-    droppers = [threading.Thread(target=drop_streams, daemon=True,
-                                 args=(url, model, 1000 + i, clock, drops, errors))
-                for i in range(args.droppers)]
-    for t in droppers:
-        t.start()
-    beside = run(make, args.clients, args.seconds, args.max_new_tokens, args.think)
-    clock["end"] = 0.0  # droppers finish the stream they are in, then stop
-    for t in droppers:
-        t.join(150)
-    ratio = beside["latency_p95_ms"] / alone["latency_p95_ms"]
-    return {"alone": alone, "with_droppers": beside, "droppers": args.droppers,
-            "drops": len(drops), "dropper_errors": len(errors), "error_samples": errors[:5],
-            "errors": alone["errors"] + beside["errors"] + len(errors),
-            "latency_p95_ratio": round(ratio, 2)}
+    alone = run(lambda: openai_ask(url, model), args.clients, args.seconds,
+                args.max_new_tokens, args.think)
+    polite, finished, polite_errors = beside(url, model, args, polite=True)
+    dropping, drops, errors = beside(url, model, args, polite=False)
+    errors += polite_errors
+    return {"alone": alone, "with_polite": polite, "with_droppers": dropping,
+            "droppers": args.droppers, "polite_streams": finished, "drops": drops,
+            "dropper_errors": len(errors), "error_samples": errors[:5],
+            "errors": alone["errors"] + polite["errors"] + dropping["errors"] + len(errors),
+            "latency_p95_ratio": round(dropping["latency_p95_ms"] / polite["latency_p95_ms"], 2),
+            "latency_p95_vs_alone": round(dropping["latency_p95_ms"] / alone["latency_p95_ms"],
+                                          2)}
 
 
 def print_soak(res: dict) -> None:
-    alone, beside = res["alone"], res["with_droppers"]
+    alone, polite, dropping = res["alone"], res["with_polite"], res["with_droppers"]
     print(f"soak     {'':14s} {'requests':>8s} {'errors':>6s} {'TTFT p95':>9s} "
           f"{'latency p50':>11s} {'latency p95':>11s}")
-    for label, r in (("alone", alone), (f"+{res['droppers']} droppers", beside)):
+    for label, r in (("alone", alone), (f"+{res['droppers']} polite", polite),
+                     (f"+{res['droppers']} droppers", dropping)):
         print(f"soak     {label:14s} {r['requests']:8d} {r['errors']:6d} "
               f"{r['ttft_p95_ms']:7.1f}ms {r['latency_p50_ms']:9.1f}ms "
               f"{r['latency_p95_ms']:9.1f}ms", flush=True)
-    print(f"soak     {res['drops']} streams dropped, {res['dropper_errors']} dropper errors; "
-          f"{res['errors']} errors in all; latency p95 with/without droppers "
-          f"{res['latency_p95_ratio']}x")
-    for e in res["error_samples"] + alone["error_samples"] + beside["error_samples"]:
+    print(f"soak     {res['drops']} streams dropped ({res['polite_streams']} polite ones "
+          f"finished), {res['dropper_errors']} errors of theirs; {res['errors']} errors in all; "
+          f"latency p95 with droppers / with polite clients {res['latency_p95_ratio']}x "
+          f"({res['latency_p95_vs_alone']}x of alone)")
+    for e in res["error_samples"] + alone["error_samples"] + dropping["error_samples"]:
         print("  error:", e)
 
 
