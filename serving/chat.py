@@ -62,21 +62,22 @@ def history_to_messages(history: list[dict[str, Any]], message: str) -> Messages
 
     App notices (and the user turn that caused them) are dropped: the model never said them.
     """
-    messages: Messages = []
+    turns: list[tuple[str, list[str]]] = []  # (role, its texts): joined once, at the end
     for turn in history:
         role, text = turn.get("role"), text_of(turn.get("content"))
         if role == "assistant" and text.startswith(NOTICE):
-            if messages and messages[-1]["role"] == "user":
-                messages.pop()
+            if turns and turns[-1][0] == "user":
+                turns.pop()
             continue
         if role not in ("user", "assistant", "system") or not text:
             continue
-        if messages and messages[-1]["role"] == role:  # e.g. a user turn whose reply failed
-            messages[-1] = {"role": role, "content": messages[-1]["content"] + "\n" + text}
+        if turns and turns[-1][0] == role:  # e.g. a user turn whose reply failed
+            turns[-1][1].append(text)
         else:
-            messages.append({"role": role, "content": text})
-    if messages and messages[-1]["role"] == "user":  # its reply was a notice or is missing
-        messages.pop()
+            turns.append((role, [text]))
+    if turns and turns[-1][0] == "user":  # its reply was a notice or is missing
+        turns.pop()
+    messages: Messages = [{"role": role, "content": "\n".join(texts)} for role, texts in turns]
     messages.append({"role": "user", "content": message})
     return messages
 

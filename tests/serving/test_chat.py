@@ -223,3 +223,20 @@ def test_closing_the_reply_early_stops_generation_and_frees_the_model():
     time.sleep(0.5)
     assert len(backend.threads) < 1000
     assert backend.slots.acquire(blocking=False)  # the model is free again
+
+
+def test_consecutive_turns_of_one_role_merge_in_order():
+    """Runs of one role join with newlines (joined once: a long run costs linear time); a
+    notice drops the user turns that caused it."""
+    from serving.chat import NOTICE
+
+    history = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+               {"role": "assistant", "content": NOTICE + " too long"},
+               {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"},
+               {"role": "assistant", "content": "e"}, {"role": "user", "content": "f"}]
+    assert history_to_messages(history, "g") == [
+        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d\ne"},
+        {"role": "user", "content": "g"}]
+    many = [{"role": "user", "content": "x"}] * 20_000 + [{"role": "assistant", "content": "y"}]
+    merged = history_to_messages(many, "z")
+    assert merged[0]["content"] == "\n".join(["x"] * 20_000) and len(merged) == 3
