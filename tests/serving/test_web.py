@@ -326,5 +326,6 @@ def test_the_real_model_runs_in_the_page_as_in_llama_cpp(smol: Path, browser,  #
         reply = chat(pg, question, max_tokens=24)
     assert ids == ChatEncoder(AutoTokenizer.from_pretrained(model)).encode(question).ids
     native = GgufBackend(model, gguf_file=model / "gguf" / "smollm2-q8_0.gguf")
-    assert reply["text"] == native.generate(question, 24) and "Paris" in reply["text"]
+    # (this Q4_1-born base says "L'Étoile, la Cité, la France, ..."; the point is the runtime)
+    assert reply["text"].strip() and reply["text"] == native.generate(question, 24)
     assert blocked == []
