@@ -106,6 +106,23 @@ def test_the_page_loads_and_nothing_is_requested_from_other_hosts(page):
     assert blocked == []  # every request went to the folder's own server
 
 
+def test_a_second_visit_reads_the_model_from_the_browsers_cache(page):
+    pg, blocked = page
+    fetched: list[str] = []
+
+    def on_request(request) -> None:
+        if request.url.endswith(".gguf"):
+            fetched.append(request.url)
+
+    pg.on("request", on_request)
+    try:
+        pg.reload()
+        pg.wait_for_function("window.mlzero && (window.mlzero.ready || window.mlzero.error)")
+    finally:
+        pg.remove_listener("request", on_request)
+    assert pg.evaluate("window.mlzero.ready") is True and fetched == [] and blocked == []
+
+
 def test_prompt_ids_equal_the_servers_chat_encoder(page, web_model: Path):
     """The page's template + tokenizer give the ids serving/backend.ChatEncoder gives, system
     prompt, history and text that looks like control tokens included."""
