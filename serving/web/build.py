@@ -48,8 +48,7 @@ def node_modules(retry: str) -> Path:
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         raise UsageError("npm and node are not installed (the site's JavaScript comes from npm "
-                         f"packages); install Node.js with npm (apt-get install npm), then run: "
-                         f"{retry}")
+                         f"packages); install Node.js with npm (apt-get install npm); run: {retry}")
     with AtomicDir(folder) as tmp:  # a failed or interrupted install leaves nothing behind
         for name in ("package.json", "package-lock.json"):
             shutil.copyfile(WEB / name, tmp / name)
@@ -58,7 +57,7 @@ def node_modules(retry: str) -> Path:
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise UsageError(f"npm ci failed in {tmp}: {tail}; check the network to the npm "
-                             f"registry, then run: {retry}")
+                             f"registry; run: {retry}")
     return folder / "node_modules"
 
 
@@ -130,12 +129,15 @@ def check_out(out: Path, model_dir: Path, force: bool, retry: str) -> None:
     that holds the model itself."""
     if out.resolve() in (model_dir.resolve(), *model_dir.resolve().parents):
         raise UsageError(f"--out {out} would replace the folder that holds {model_dir}; "
-                         f"choose another output folder, e.g. run: "
+                         f"choose another output folder; run: "
                          f"python -m serving.web --model {model_dir} --out site")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose a folder name; "
+                         f"run: python -m serving.web --model {model_dir} --out site")
     empty = out.is_dir() and not any(out.iterdir())
     if out.exists() and not empty and not is_site(out) and not force:
         raise UsageError(f"{out} exists and is not a site built by {MADE_BY}; pass --force to "
-                         f"replace it, run: {retry} --force")
+                         f"replace it; run: {retry} --force")
 
 
 def build_site(model_dir: Path, out: Path, outtype: str | None = None, force: bool = False,

@@ -269,10 +269,10 @@ def web_cli(*args: str, env: dict | None = None):
 
 
 def one_line_error(proc) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
+    from tests.test_cli_contract import assert_contract
+
+    assert_contract(proc)  # one line, exit 2, ending in one command that works
+    return proc.stderr.strip()
 
 
 def test_a_folder_without_a_model_or_export_is_refused_with_the_command_that_makes_it(
@@ -297,6 +297,8 @@ def test_an_existing_folder_is_replaced_only_if_it_is_a_site_or_forced(tmp_path,
     assert rebuilt.returncode == 0, rebuilt.stderr
     shipped = json.loads((tmp_path / "old-site/site.json").read_text())["model"]["file"]
     assert shipped == "model/web-llama-q8_0.gguf"  # by default the smallest export
+    assert "would replace" in one_line_error(
+        web_cli("--model", str(web_model), "--out", str(web_model.parent), "--force"))
     forced = web_cli("--model", str(web_model), "--out", str(out), "--force")
     assert forced.returncode == 0 and (out / "index.html").is_file()
     assert not (out / "keep.txt").exists()
