@@ -21,6 +21,7 @@ from serving.helpers import (
     made_by_hint,
     require_model,
     require_writable,
+    require_writable_file,
 )
 from serving.web.build import MADE_BY, OUTTYPES, build_site
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"{args.model} has no tokenizer.json (the chat template and special "
                          f"tokens come from it); run: {made_by_hint(args.model)}")
     require_writable(args.out)
+    if args.json:
+        require_writable_file(args.json)  # a folder there would fail only after the build
     retry = f"{MADE_BY} --model {shlex.quote(str(args.model))} --out {shlex.quote(str(args.out))}"
     summary = build_site(args.model, args.out, args.outtype, args.force, retry)
     if args.json:

@@ -283,6 +283,8 @@ def test_a_folder_without_a_model_or_export_is_refused_with_the_command_that_mak
     shutil.copytree(web_model, no_export, ignore=shutil.ignore_patterns("gguf"))
     line = one_line_error(web_cli("--model", str(no_export), "--out", str(tmp_path / "s")))
     assert f"run: python scripts/export_gguf.py {no_export}" in line
+    assert "is a folder" in one_line_error(web_cli("--model", str(web_model), "--out",
+                                                   str(tmp_path / "s"), "--json", str(tmp_path)))
     assert not (tmp_path / "s").exists()
 
 
