@@ -28,14 +28,22 @@ DEVICES = "auto|cpu|cuda|cuda:N|mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+PRECISION_HELP = ("auto (default: fp32 on the CPU, bf16 autocast on GPUs that have it, else "
+                  "fp16 with loss scaling), fp32, bf16 or fp16")
+
+
+def device_help(what: str = "the model") -> str:
+    """--device's help: the same words in a serving command and in a stage's settings field."""
+    return (f"where {what} runs: {DEVICES} (default auto: a CUDA GPU, then Apple's MPS, then "
+            "the CPU)")
+
+
 def add_device_arguments(parser: Any, what: str = "the model") -> None:
-    """--device and --precision, as every command that runs a torch model takes them (unset:
-    the recipe's value, else auto)."""
-    parser.add_argument("--device", help=f"where {what} runs: {DEVICES} (default auto: a CUDA "
-                                         "GPU, then Apple's MPS, then the CPU)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="auto (default: fp32 on the CPU, bf16 autocast on GPUs that have "
-                             "it, else fp16 with loss scaling), fp32, bf16 or fp16")
+    """--device and --precision, as a serving command that runs a torch model takes them
+    (unset: auto). A training stage gets them from its settings' device/precision fields
+    (training.stage.device_field)."""
+    parser.add_argument("--device", help=device_help(what))
+    parser.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def add_runtime_arguments(parser: Any) -> None:

@@ -10,6 +10,7 @@ gguf/, eval-*.json), so no runtime can answer with a model that is no longer the
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import fnmatch
 import json
@@ -36,6 +37,7 @@ from serving.helpers import (
     require_writable,
     temp_dir_beside,
 )
+from serving.runtimes import PRECISION_HELP, PRECISIONS, device_help
 
 S = TypeVar("S")
 RECIPE = "recipe.yaml"
@@ -113,6 +115,95 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
             base is int and isinstance(value, bool)):
         return value
     raise UsageError(f"{where} must be {getattr(base, '__name__', base)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- settings → flags
+# A stage's flags are its settings' fields, the way transformers.HfArgumentParser turns
+# TrainingArguments into flags: `lr: float = 3e-3` is `--lr` (a float), a `snake_case` field is
+# `--snake-case`. A field's metadata may give "help", "aliases" (more names, e.g. --base-model),
+# "choices", or "flag": False (recipe-only). A list or dict field takes JSON (--tasks
+# '["sum3"]'), as its recipe key does in YAML. Every flag defaults to None: not given means the
+# recipe's value, else the dataclass default.
+
+
+def device_field(what: str = "the model") -> Any:
+    """The `device` setting of a torch stage (serving/device.py resolves it): --device."""
+    return dataclasses.field(default="auto", metadata={"help": device_help(what)})
+
+
+def precision_field() -> Any:
+    """The `precision` setting of a torch stage: --precision."""
+    return dataclasses.field(default="auto",
+                             metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the settings dataclass `cls` (but those marked "flag": False)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("flag", True) is False:
+            continue
+        parser.add_argument(flag_name(f.name), *f.metadata.get("aliases", ()), dest=f.name,
+                            type=_flag_type(hints[f.name]), choices=f.metadata.get("choices"),
+                            default=None, help=_flag_help(f))
+
+
+def parse_settings(parser: argparse.ArgumentParser, cls: type[S], section: str,
+                   argv: list[str] | None) -> tuple[S, argparse.Namespace]:
+    """Parse argv with the settings' flags added to `parser` (which has --out and the stage's
+    other flags), then load_settings: defaults < <out>/recipe.yaml `section` < given flags,
+    then check(). Returns the settings and the parsed arguments (for the other flags)."""
+    add_settings_flags(parser, cls)
+    args = parser.parse_args(argv)
+    return settings_from(cls, args, args.out, section), args
+
+
+def settings_from(cls: type[S], args: argparse.Namespace, out: Path, section: str) -> S:
+    """load_settings with the values of add_settings_flags' flags in `args`."""
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return load_settings(cls, out, section, flags)
+
+
+def _flag_type(hint: Any) -> Callable[[str], Any]:
+    """How a flag's text becomes the field's type: int, float, str; JSON for list and dict."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = typing.get_origin(hint) or hint
+    if base is typing.Union or isinstance(hint, type(int | None)):
+        return _flag_type(options[0])  # Optional[X]: X
+    if base in (list, dict):
+        return _json_value
+    if base is bool:
+        return _bool_value
+    return base
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r} (e.g. '[2, 3]' or "
+                                         "'{\"sum3\": 100}')") from None
+
+
+def _bool_value(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _flag_help(f: dataclasses.Field) -> str:
+    """The field's help, with its dataclass default unless the help speaks of the default."""
+    text = f.metadata.get("help", "")
+    if "default" not in text:
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = json.dumps(default) if isinstance(default, (list, dict)) or default == "" \
+            else default
+        text = f"{text} (default {shown})".strip()
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def require_positive(**values: float) -> None:
