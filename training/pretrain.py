@@ -9,6 +9,7 @@ card (README.md), loss.png and metrics.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from serving import device
 from serving.helpers import ArgumentParser, UsageError, cli_main
-from serving.runtimes import add_device_arguments
 from training import corpus
 from training import tokenizer as tokenizer_lib
 from training.stage import (
@@ -28,8 +28,10 @@ from training.stage import (
     Finish,
     add_force_flag,
     check_output,
+    device_field,
     finish_stage,
-    load_settings,
+    parse_settings,
+    precision_field,
     require_positive,
 )
 from training.trainer import TrainConfig, start_run, train
@@ -39,23 +41,26 @@ from training.trainer import TrainConfig, start_run, train
 class PretrainSettings:
     """The `pretrain` section of a recipe (see models/tiny-base/recipe.yaml)."""
 
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2  # grouped-query attention: 2 query heads share each k/v head
-    intermediate_size: int = 384
-    seq_len: int = 128
-    batch_size: int = 32
-    steps: int = 1400
-    lr: float = 2e-3
-    warmup: int = 150
-    seed: int = 0
-    pydoc_chars: int = 1_500_000
-    fact_repeats: dict = field(default_factory=lambda: dict(corpus.DEFAULT_FACT_REPEATS))
-    checkpoint_every: int = 100
-    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
-    precision: str = "auto"  # auto|fp32|bf16|fp16
+    vocab_size: int = field(default=1024, metadata={"help": "tokenizer vocabulary size"})
+    hidden_size: int = field(default=128, metadata={"help": "model width"})
+    num_hidden_layers: int = field(default=4, metadata={"help": "transformer layers"})
+    num_attention_heads: int = field(default=4, metadata={"help": "query heads"})
+    num_key_value_heads: int = field(default=2, metadata={
+        "help": "key/value heads (grouped-query attention: query heads share them)"})
+    intermediate_size: int = field(default=384, metadata={"help": "MLP width"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
+    batch_size: int = field(default=32, metadata={"help": "global batch, in sequences"})
+    steps: int = field(default=1400, metadata={"help": "optimizer steps"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (default 2e-3)"})
+    warmup: int = field(default=150, metadata={"help": "learning-rate warm-up steps"})
+    seed: int = field(default=0, metadata={"help": "seed for init and data order"})
+    pydoc_chars: int = field(default=1_500_000,
+                             metadata={"help": "characters of pydoc text in the corpus"})
+    fact_repeats: dict = field(default_factory=lambda: dict(corpus.DEFAULT_FACT_REPEATS),
+                               metadata={"help": "times each task's facts are repeated, JSON"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    device: str = device_field()
+    precision: str = precision_field()
 
     def check(self) -> None:
         require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
@@ -116,30 +121,57 @@ def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path,
                    help="model folder to write (e.g. models/tiny-base)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 1400)")
-    p.add_argument("--seed", type=int, help="seed for init and data order (default 0)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch, in sequences")
-    p.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
-                   help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     add_force_flag(p)
-    add_device_arguments(p)
-    args = p.parse_args(argv)
+    s, args = parse_settings(p, PretrainSettings, "pretrain", argv)
     out: Path = args.out
     check_output(out, argv=argv, force=args.force, resume=args.resume)
-    s = load_settings(PretrainSettings, out, "pretrain",
-                      {k: getattr(args, k) for k in ("steps", "seed", "batch_size", "seq_len", "lr",
-                                                      "checkpoint_every", "device", "precision")})
     placement = device.resolve(s.device, s.precision)
     rank, world = start_run(out, s.seed, placement)
-
-    # 1. Data and tokenizer. On resume, reuse the saved tokenizer so ids stay the same.
-    docs = corpus.build_documents(s.pydoc_chars, s.fact_repeats, seed=s.seed)
     ckpt = out / CHECKPOINT
-    if args.resume and (ckpt / "tokenizer.json").exists():
-        tok = PreTrainedTokenizerFast.from_pretrained(ckpt)
+    data = prepare_data(s, ckpt if args.resume else None)
+    config = model_config(s, len(data.tok), data.tok.pad_token_id, data.tok.eos_token_id)
+    torch.manual_seed(s.seed)
+    model = LlamaForCausalLM(config)
+    if rank == 0:
+        print(f"model: {n_parameters(model) / 1e6:.2f}M parameters; data: {len(data.stream):,} "
+              f"tokens ({len(data.train):,} windows of {s.seq_len})")
+    cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
+                      batch_size=s.batch_size, seed=s.seed, checkpoint_every=s.checkpoint_every)
+    result = train(model, data.batch, len(data.train), cfg, ckpt, resume=args.resume,
+                   desc="pretrain", save_extra=data.tok.save_pretrained, settings=asdict(s),
+                   placement=placement)
+    if rank != 0:
+        return
+    metrics = run_metrics(model, data, result, s, world, placement)
+    finish_stage(out, Finish(functools.partial(save, model, data.tok),
+                             {**metrics, "settings": asdict(s), "made_from": {}},
+                             result.history, f"{out.name}: a tiny Llama pretrained from scratch",
+                             functools.partial(card, config, data, s, metrics)), ckpt)
+    print(json.dumps(metrics))
+    print(f"saved {out}")
+
+
+@dataclass
+class PretrainData:
+    """The corpus as the tokenizer cuts it: training and validation windows of seq_len ids."""
+
+    docs: list[str]
+    tok: PreTrainedTokenizerFast
+    stream: np.ndarray
+    train: np.ndarray
+    val: np.ndarray
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(self.train[idx])
+        return {"input_ids": x, "labels": x, "attention_mask": torch.ones_like(x)}
+
+
+def prepare_data(s: PretrainSettings, resume_from: Path | None) -> PretrainData:
+    """Documents, tokenizer, windows. On resume, the checkpoint's tokenizer, so ids stay."""
+    docs = corpus.build_documents(s.pydoc_chars, s.fact_repeats, seed=s.seed)
+    if resume_from is not None and (resume_from / "tokenizer.json").exists():
+        tok = PreTrainedTokenizerFast.from_pretrained(resume_from)
     else:
         tok = tokenizer_lib.train_tokenizer(list(dict.fromkeys(docs)), s.vocab_size)  # unique docs
     stream = token_stream(docs, tok)
@@ -149,34 +181,19 @@ def main(argv: list[str] | None = None) -> None:
                          "raise pydoc_chars in the recipe")
     windows = stream[: n_windows * s.seq_len].reshape(n_windows, s.seq_len)
     n_val = max(1, n_windows // 50)
-    train_windows, val_windows = windows[:-n_val], windows[-n_val:]
+    return PretrainData(docs, tok, stream, windows[:-n_val], windows[-n_val:])
 
-    # 2. Model, initialised from the seed.
-    config = model_config(s, len(tok), tok.pad_token_id, tok.eos_token_id)
-    torch.manual_seed(s.seed)
-    model = LlamaForCausalLM(config)
-    n_params = sum(p.numel() for p in model.parameters())
-    if rank == 0:
-        print(f"model: {n_params / 1e6:.2f}M parameters; data: {len(stream):,} tokens "
-              f"({len(train_windows):,} windows of {s.seq_len})")
 
-    def get_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(train_windows[idx])
-        return {"input_ids": x, "labels": x, "attention_mask": torch.ones_like(x)}
+def n_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
-    cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
-                      batch_size=s.batch_size, seed=s.seed, checkpoint_every=s.checkpoint_every)
-    settings = asdict(s)
-    result = train(model, get_batch, len(train_windows), cfg, ckpt, resume=args.resume,
-                   desc="pretrain", save_extra=tok.save_pretrained, settings=settings,
-                   placement=placement)
-    if rank != 0:
-        return
 
-    # 3. Publish the finished model (built whole in a staging folder, then moved in).
-    val_loss = mean_loss(model, val_windows)
-    metrics = {
-        "parameters": n_params,
+def run_metrics(model, data: PretrainData, result, s: PretrainSettings, world: int,
+                placement: device.Placement) -> dict:
+    """metrics.json's numbers: size, throughput, training and validation loss."""
+    val_loss = mean_loss(model, data.val)
+    return {
+        "parameters": n_parameters(model),
         "steps": s.steps,
         "tokens_seen": result.tokens,
         "train_seconds": round(result.seconds, 1),
@@ -189,33 +206,31 @@ def main(argv: list[str] | None = None) -> None:
         "rank_checksums": result.rank_checksums,
     }
 
-    def save(folder: Path) -> None:
-        with device.on_cpu_for_saving(model):  # float32 safetensors, whatever the device
-            model.save_pretrained(folder, safe_serialization=True)
-        tok.save_pretrained(folder)
 
-    def card(_evals: dict) -> dict:
-        return {
-            "What": "A Llama-architecture causal language model built by `python -m "
-                    "training.pretrain`. It continues text; it has not learned to chat (see the "
-                    "fine-tuned model).",
-            "Config": {k: getattr(config, k) for k in (
-                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads")},
-            "Data": f"{len(docs):,} documents: Python standard-library documentation (pydoc) and "
-                    f"plain-text facts from the training split of the chat tasks; "
-                    f"{len(stream):,} tokens.",
-            "Training": {k: settings[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup",
-                                                  "seed")},
-            "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
-            "Loss curve": "![loss](loss.png)",
-        }
+def save(model, tok: PreTrainedTokenizerFast, folder: Path) -> None:
+    with device.on_cpu_for_saving(model):  # float32 safetensors, whatever the device
+        model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
 
-    finish_stage(out, Finish(save, {**metrics, "settings": settings, "made_from": {}},
-                             result.history, f"{out.name}: a tiny Llama pretrained from scratch",
-                             card), ckpt)
-    print(json.dumps(metrics))
-    print(f"saved {out}")
+
+def card(config: LlamaConfig, data: PretrainData, s: PretrainSettings, metrics: dict,
+         _evals: dict) -> dict:
+    settings = asdict(s)
+    return {
+        "What": "A Llama-architecture causal language model built by `python -m "
+                "training.pretrain`. It continues text; it has not learned to chat (see the "
+                "fine-tuned model).",
+        "Config": {k: getattr(config, k) for k in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads")},
+        "Data": f"{len(data.docs):,} documents: Python standard-library documentation (pydoc) "
+                f"and plain-text facts from the training split of the chat tasks; "
+                f"{len(data.stream):,} tokens.",
+        "Training": {k: settings[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup",
+                                              "seed")},
+        "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
+        "Loss curve": "![loss](loss.png)",
+    }
 
 
 if __name__ == "__main__":
