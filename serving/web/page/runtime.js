@@ -136,15 +136,20 @@ export class Runtime {
     await w.decode(promptIds, {});
     const out = [];
     out.bytes = new Uint8Array();
+    let sampled = w.samplingSample();
     while (out.length < n) {
-      const { token, piece } = await w.samplingSample();
+      const { token, piece } = await sampled;
       if (w.isTokenEOG(token) && !ignoreEos) break;
       out.push(token);
       // the server shows no text for a control token the model writes mid-reply
       if (!control.has(token)) out.bytes = joinBytes(out.bytes, piece);
       onText(decodeUtf8(out.bytes));
       if (out.length === n) break;
-      await w.decode([token], {});
+      // Both posted at once: the worker runs its messages in order, so one round trip to it
+      // per token instead of two.
+      const decoded = w.decode([token], {});
+      sampled = w.samplingSample();
+      await decoded;
     }
     return out;
   }
