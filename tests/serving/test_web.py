@@ -123,6 +123,15 @@ def test_a_second_visit_reads_the_model_from_the_browsers_cache(page):
     assert pg.evaluate("window.mlzero.ready") is True and fetched == [] and blocked == []
 
 
+def test_replies_stream_token_by_token(page):
+    pg, _ = page
+    seen, reply = pg.evaluate("""async (m) => { const seen = [];
+        const reply = await window.mlzero.chat(m, {maxTokens: 12, onText: (t) => seen.push(t)});
+        return [seen, reply]; }""", user(QUESTION))
+    assert len(seen) == reply["tokens"] > 1  # one update per token
+    assert all(b.startswith(a) for a, b in zip(seen, seen[1:])) and seen[-1] == reply["text"]
+
+
 def test_prompt_ids_equal_the_servers_chat_encoder(page, web_model: Path):
     """The page's template + tokenizer give the ids serving/backend.ChatEncoder gives, system
     prompt, history and text that looks like control tokens included."""
