@@ -28,7 +28,6 @@ from serving.helpers import (
     require_model,
     weights_fingerprint,
 )
-from serving.runtimes import add_device_arguments
 from training.chatdata import (
     BUILTIN,
     Row,
@@ -43,9 +42,11 @@ from training.stage import (
     Finish,
     add_force_flag,
     check_output,
+    device_field,
     finish_stage,
-    load_settings,
     looks_like_hub_id,
+    parse_settings,
+    precision_field,
     require_positive,
 )
 from training.tasks import GENERAL_PROMPTS, TASKS, TAUGHT
@@ -56,31 +57,43 @@ from training.trainer import TrainConfig, start_run, train
 class FinetuneSettings:
     """The `finetune` section of a recipe (see models/tiny-chat/recipe.yaml)."""
 
-    base: str = ""  # the model to fine-tune: a local folder or a hub id (--base overrides)
-    dataset: str = BUILTIN
-    split: str = "train"
-    tasks: list = field(default_factory=lambda: list(TAUGHT))  # built-in tasks taught
-    task_limit: dict = field(default_factory=dict)  # at most this many questions of a task
-    turns: int = 1  # built-in questions per conversation (see chatdata.builtin_rows)
-    general_replay: int = 0  # times the base's own replies to everyday prompts are mixed in
-    replay_tokens: int = 64  # the longest of those replies
+    base: str = field(default="", metadata={
+        "help": "base model: local folder (models/tiny-base) or hub id (default: the recipe's)",
+        "aliases": ("--base-model",)})
+    dataset: str = field(default=BUILTIN, metadata={
+        "help": "'builtin' (default), a .jsonl/.json/.parquet file or folder, or a hub id"})
+    split: str = field(default="train", metadata={"help": "the dataset's split"})
+    tasks: list = field(default_factory=lambda: list(TAUGHT),
+                        metadata={"help": "built-in tasks taught, JSON"})
+    task_limit: dict = field(default_factory=dict, metadata={
+        "help": "at most this many questions of a task, JSON"})
+    turns: int = field(default=1, metadata={
+        "help": "built-in questions per conversation (see chatdata.builtin_rows)"})
+    general_replay: int = field(default=0, metadata={
+        "help": "times the base's own replies to everyday prompts are mixed in"})
+    replay_tokens: int = field(default=64, metadata={"help": "the longest of those replies"})
     steps: int = 1700
     batch_size: int = 64
     lr: float = 3e-3
-    warmup: int = 50
+    warmup: int = field(default=50, metadata={"help": "learning-rate warm-up steps"})
     lora_r: int = 32
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    target_modules: str = "all-linear"
-    lora_layers: list = field(default_factory=list)  # only these layer indices (empty: all)
-    max_len: int = 256
+    target_modules: str = field(default="all-linear",
+                                metadata={"help": "the modules LoRA adapts (PEFT's names)"})
+    lora_layers: list = field(default_factory=list, metadata={
+        "help": "only these layer indices, JSON (empty: all)"})
+    max_len: int = field(default=256, metadata={"help": "longest conversation, in tokens"})
     seed: int = 0
     checkpoint_every: int = 100
-    eval_per_task: int = 200
-    curve_every: int = 0  # measure held-out accuracy every this many steps (0: only at the end)
-    curve_per_task: int = 100  # questions per taught task for each point of that curve
-    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
-    precision: str = "auto"  # auto|fp32|bf16|fp16
+    eval_per_task: int = field(default=200, metadata={
+        "help": "held-out questions per task in the final evaluation"})
+    curve_every: int = field(default=0, metadata={
+        "help": "measure held-out accuracy every this many steps (0: only at the end)"})
+    curve_per_task: int = field(default=100, metadata={
+        "help": "questions per taught task for each point of that curve"})
+    device: str = device_field()
+    precision: str = precision_field()
 
     def check(self) -> None:
         require_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
@@ -185,20 +198,46 @@ def add_lora(model, s: FinetuneSettings):
 
 
 def main(argv: list[str] | None = None) -> None:
+    s, args = parse_settings(parser(), FinetuneSettings, "finetune", argv)
+    out: Path = args.out
+    placement = device.resolve(s.device, s.precision)
+    if not s.base:
+        raise UsageError(f"no base model: give --base or set finetune.base in {out}/recipe.yaml; "
+                         f"run: python -m training.finetune --base models/tiny-base --out {out}")
+    check_output(out, s.base, argv=argv, force=args.force, resume=args.resume)
+    check_base(s.base)
+    rank, world = start_run(out, s.seed, placement)
+    model, tok, rows, enc = prepare(s, args.trust_remote_code, args.bad_rows, placement, rank)
+    cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
+                      batch_size=s.batch_size, seed=s.seed, weight_decay=0.0,
+                      checkpoint_every=s.checkpoint_every)
+    ckpt = out / CHECKPOINT
+    curve: list[dict] = []
+    result = train(model, functools.partial(pad_batch, enc, pad=tok.pad_token_id),
+                   len(enc.input_ids), cfg, ckpt, resume=args.resume, desc="finetune",
+                   lengths=enc.lengths(), settings=asdict(s),
+                   on_step=learning_curve(model, tok, s, curve) if s.curve_every else None,
+                   placement=placement)
+    if rank != 0:
+        return
+    metrics = run_metrics(model, s, enc, result, curve, world, placement)
+    made_from = {"base": s.base, "base_weights":
+                 weights_fingerprint(s.base) if Path(s.base).is_dir() else None}
+    evals = finish_stage(out, Finish(
+        functools.partial(save, model, tok, rows, s),
+        {**metrics, "settings": asdict(s), "made_from": made_from}, result.history,
+        f"{out.name}: a LoRA chat fine-tune of {s.base}",
+        functools.partial(card, s, len(enc.input_ids), metrics),
+        None if args.no_eval else functools.partial(evaluate_with_base, s, out)), ckpt)
+    print(json.dumps({"metrics": metrics, "eval": eval_table(evals)}, indent=1))
+    print(f"saved {out}")
+
+
+def parser() -> ArgumentParser:
+    """The flags that are not settings; parse_settings adds one flag per setting."""
     p = ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0])
-    p.add_argument("--base", "--base-model", dest="base",
-                   help="base model: local folder (models/tiny-base) or hub id "
-                        "(default: the recipe's)")
     p.add_argument("--out", required=True, type=Path,
                    help="model folder to write (e.g. models/tiny-chat)")
-    p.add_argument("--dataset",
-                   help="'builtin' (default), a .jsonl/.json/.parquet file or folder, or a hub id")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--lora-r", dest="lora_r", type=int)
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     p.add_argument("--bad-rows", choices=["skip", "reject"], default="skip",
                    help="what to do with rows that have an unknown role, empty content or "
                         "are too long")
@@ -207,24 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the base vs fine-tuned evaluation")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off by default: it runs arbitrary code)")
-    add_device_arguments(p)
-    args = p.parse_args(argv)
-    out: Path = args.out
-    s = load_settings(FinetuneSettings, out, "finetune",
-                      {k: getattr(args, k) for k in ("base", "dataset", "steps", "seed",
-                                                      "batch_size", "checkpoint_every", "lr",
-                                                      "lora_r", "device", "precision")})
-    placement = device.resolve(s.device, s.precision)
-    if not s.base:
-        raise UsageError(f"no base model: give --base or set finetune.base in {out}/recipe.yaml; "
-                         f"run: python -m training.finetune --base models/tiny-base --out {out}")
-    check_output(out, s.base, argv=argv, force=args.force, resume=args.resume)
-    check_base(s.base)
-    rank, world = start_run(out, s.seed, placement)
+    return p
 
+
+def prepare(s: FinetuneSettings, trust_remote_code: bool, bad_rows: str,
+            placement: device.Placement, rank: int):
+    """The conversations, encoded, and the base model with LoRA adapters on the device."""
     rows = load_rows(s.dataset, s.split, taught=s.tasks, turns=s.turns, seed=s.seed,
                      limit=s.task_limit)
-    model, tok = load_base(s.base, args.trust_remote_code)
+    model, tok = load_base(s.base, trust_remote_code)
     model.to(placement.device)
     if s.general_replay:
         replay = self_distilled_rows(model, tok, GENERAL_PROMPTS, s.replay_tokens)
@@ -232,31 +262,26 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             print(f"mixed in the base model's own replies to {len(replay)} everyday prompts, "
                   f"{s.general_replay}x")
-    enc = encode_rows(tok, rows, s.max_len, args.bad_rows)
+    enc = encode_rows(tok, rows, s.max_len, bad_rows)
     torch.manual_seed(s.seed)
     model = add_lora(model, s)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = parameter_counts(model)
     if rank == 0:
         print(f"LoRA r={s.lora_r}: {trainable:,} trainable of {total:,} parameters "
               f"({trainable / total:.1%}); {len(enc.input_ids):,} training conversations")
-    get_batch = functools.partial(pad_batch, enc, pad=tok.pad_token_id)
+    return model, tok, rows, enc
 
-    cfg = TrainConfig(steps=s.steps, lr=s.lr, warmup=min(s.warmup, s.steps // 2 or 1),
-                      batch_size=s.batch_size, seed=s.seed, weight_decay=0.0,
-                      checkpoint_every=s.checkpoint_every)
-    ckpt = out / CHECKPOINT
-    settings = asdict(s)
-    lengths = enc.lengths()
-    curve: list[dict] = []
-    result = train(model, get_batch, len(enc.input_ids), cfg, ckpt, resume=args.resume,
-                   desc="finetune", lengths=lengths, settings=settings,
-                   on_step=learning_curve(model, tok, s, curve) if s.curve_every else None,
-                   placement=placement)
-    if rank != 0:
-        return
 
-    metrics = {
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, all) parameters."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
+
+
+def run_metrics(model, s: FinetuneSettings, enc, result, curve: list[dict], world: int,
+                placement: device.Placement) -> dict:
+    trainable, total = parameter_counts(model)
+    return {
         "base_model": s.base,
         "dataset": s.dataset,
         "conversations": len(enc.input_ids),
@@ -272,58 +297,55 @@ def main(argv: list[str] | None = None) -> None:
         **placement.record(),
         "rank_checksums": result.rank_checksums,
     }
-    base_is_local = Path(s.base).is_dir()
-    made_from = {"base": s.base,
-                 "base_weights": weights_fingerprint(s.base) if base_is_local else None}
 
-    def save(folder: Path) -> None:
-        model.to("cpu")  # float32 safetensors that name no device, whatever trained them
-        model.save_pretrained(folder / "adapter")  # PEFT format: adapter_config.json + safetensors
-        model.merge_and_unload().save_pretrained(folder, safe_serialization=True)
-        tok.save_pretrained(folder)
-        if s.dataset == BUILTIN:
-            write_jsonl(folder / "data" / "train.jsonl", [{"messages": r.messages} for r in rows])
 
-    def evaluate(folder: Path) -> dict:
-        if args.no_eval:
-            return {}
-        from training.evaluate import evaluate
+def save(model, tok, rows: list[Row], s: FinetuneSettings, folder: Path) -> None:
+    model.to("cpu")  # float32 safetensors that name no device, whatever trained them
+    model.save_pretrained(folder / "adapter")  # PEFT format: adapter_config.json + safetensors
+    model.merge_and_unload().save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    if s.dataset == BUILTIN:
+        write_jsonl(folder / "data" / "train.jsonl", [{"messages": r.messages} for r in rows])
 
-        where = {"device": s.device, "precision": s.precision}  # where the training ran
-        evals = {"fine_tuned": {**evaluate(folder, "torch", s.eval_per_task, **where),
-                                "model": str(out)}}
-        if base_is_local:
-            evals["base"] = evaluate(s.base, "torch", s.eval_per_task, **where)
-        return evals
 
+def evaluate_with_base(s: FinetuneSettings, out: Path, folder: Path) -> dict:
+    """eval.json: the fine-tuned model, and the base beside it when it is a local folder."""
+    from training.evaluate import evaluate
+
+    where = {"device": s.device, "precision": s.precision}  # where the training ran
+    evals = {"fine_tuned": {**evaluate(folder, "torch", s.eval_per_task, **where),
+                            "model": str(out)}}
+    if Path(s.base).is_dir():
+        evals["base"] = evaluate(s.base, "torch", s.eval_per_task, **where)
+    return evals
+
+
+def eval_table(evals: dict) -> dict[str, str]:
+    """Accuracy per model and task, and answer perplexity: the card's table, and main's."""
     table: dict[str, str] = {}
+    for which, rep in evals.items():
+        for task, r in rep["tasks"].items():
+            table[f"{which} {task}"] = f"{r['accuracy']:.1%} ({r['correct']}/{r['n']})"
+        table[f"{which} answer perplexity"] = rep["perplexity"]
+    return table
 
-    def card(evals: dict) -> dict:
-        for which, rep in evals.items():
-            for task, r in rep["tasks"].items():
-                table[f"{which} {task}"] = f"{r['accuracy']:.1%} ({r['correct']}/{r['n']})"
-            table[f"{which} answer perplexity"] = rep["perplexity"]
-        return {
-            "What": "A chat model made by `python -m training.finetune`: LoRA adapters trained on "
-                    "the conversations below, then merged into the base weights. `adapter/` holds "
-                    "the adapter alone (PEFT format).",
-            "Data": f"{s.dataset}: {len(enc.input_ids):,} conversations"
-                    + (" (generated: arithmetic, word reversal, the project's ML glossary; "
-                       "see data/train.jsonl)" if s.dataset == BUILTIN else ""),
-            "LoRA": {"r": s.lora_r, "alpha": s.lora_alpha, "target_modules": s.target_modules,
-                     "trainable parameters":
-                         f"{trainable:,} of {total:,} ({trainable / total:.1%})"},
-            "Training": {k: settings[k] for k in ("steps", "batch_size", "lr", "warmup", "seed")},
-            "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
-            "Evaluation (held-out questions, exact match)": table or "skipped (--no-eval)",
-            "Loss curve": "![loss](loss.png)",
-        }
 
-    finish_stage(out, Finish(save, {**metrics, "settings": settings, "made_from": made_from},
-                             result.history, f"{out.name}: a LoRA chat fine-tune of {s.base}",
-                             card, evaluate), ckpt)
-    print(json.dumps({"metrics": metrics, "eval": table}, indent=1))
-    print(f"saved {out}")
+def card(s: FinetuneSettings, conversations: int, metrics: dict, evals: dict) -> dict:
+    trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
+    return {
+        "What": "A chat model made by `python -m training.finetune`: LoRA adapters trained on "
+                "the conversations below, then merged into the base weights. `adapter/` holds "
+                "the adapter alone (PEFT format).",
+        "Data": f"{s.dataset}: {conversations:,} conversations"
+                + (" (generated: arithmetic, word reversal, the project's ML glossary; "
+                   "see data/train.jsonl)" if s.dataset == BUILTIN else ""),
+        "LoRA": {"r": s.lora_r, "alpha": s.lora_alpha, "target_modules": s.target_modules,
+                 "trainable parameters": f"{trainable:,} of {total:,} ({trainable / total:.1%})"},
+        "Training": {k: asdict(s)[k] for k in ("steps", "batch_size", "lr", "warmup", "seed")},
+        "Metrics": {k: v for k, v in metrics.items() if k != "rank_checksums"},
+        "Evaluation (held-out questions, exact match)": eval_table(evals) or "skipped (--no-eval)",
+        "Loss curve": "![loss](loss.png)",
+    }
 
 
 if __name__ == "__main__":

@@ -359,8 +359,9 @@ class Finish:
     evaluate: Callable[[Path], dict[str, Any]] | None = None  # the staged folder → eval.json
 
 
-def finish_stage(out: Path, finish: Finish, checkpoint: Path | None = None) -> None:
-    """Build the stage's whole result in a staging folder, then publish it into `out`."""
+def finish_stage(out: Path, finish: Finish, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Build the stage's whole result in a staging folder, then publish it into `out`.
+    Returns the evaluations (eval.json's content, {} when none), for the stage to print."""
     build = staging_dir(out)
     try:
         finish.save(build)
@@ -377,6 +378,7 @@ def finish_stage(out: Path, finish: Finish, checkpoint: Path | None = None) -> N
         shutil.rmtree(build, ignore_errors=True)
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)
+    return evals
 
 
 def staging_dir(out: Path) -> Path:

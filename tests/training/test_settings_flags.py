@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from serving.helpers import ArgumentParser, UsageError
-from training import pretrain
+from training import finetune, pretrain
 from training.stage import flag_name, parse_settings
 
 # (the stage's main, its settings class, its recipe section); a migrated stage is added here
-STAGES = [(pretrain.main, pretrain.PretrainSettings, "pretrain")]
+STAGES = [(pretrain.main, pretrain.PretrainSettings, "pretrain"),
+          (finetune.main, finetune.FinetuneSettings, "finetune")]
 
 
 def help_text(main) -> str:
@@ -56,3 +57,9 @@ def test_list_and_dict_settings_take_json(tmp_path):
     with pytest.raises(UsageError, match="must be dict"):
         parse_settings(parser(), pretrain.PretrainSettings, "pretrain",
                        ["--out", str(tmp_path), "--fact-repeats", "[1]"])
+
+
+def test_an_alias_sets_its_field(tmp_path):
+    s, _ = parse_settings(finetune.parser(), finetune.FinetuneSettings, "finetune",
+                          ["--out", str(tmp_path), "--base-model", "some/model"])
+    assert s.base == "some/model"
