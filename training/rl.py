@@ -17,11 +17,12 @@ accuracy over the steps) and a card. --resume continues from the last TRL checkp
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,6 @@ from serving.helpers import (
     cli_main,
     weights_fingerprint,
 )
-from serving.runtimes import add_device_arguments
 from training import tasks
 from training.generate import answer
 from training.stage import (
@@ -43,8 +43,10 @@ from training.stage import (
     Finish,
     add_force_flag,
     check_output,
+    device_field,
     finish_stage,
-    load_settings,
+    parse_settings,
+    precision_field,
     require_positive,
 )
 from training.trainer import check_resume, set_seed
@@ -56,29 +58,37 @@ METHODS = ("grpo", "dpo")
 class RLSettings:
     """The `rl` section of a recipe (see models/tiny-rl/recipe.yaml)."""
 
-    base: str = ""  # the supervised model to start from (--base overrides)
-    method: str = "grpo"
-    task: str = "sum3"  # a task of training/tasks.py: its training questions, its held-out ones
+    base: str = field(default="", metadata={
+        "help": "the supervised model (default: the recipe's rl.base)"})
+    method: str = field(default="grpo", metadata={"help": "grpo (default) or dpo",
+                                                  "choices": METHODS})
+    task: str = field(default="sum3", metadata={"help": "the task to improve (default sum3)"})
     steps: int = 150
-    prompts_per_step: int = 8  # questions per step
-    group: int = 8  # answers sampled per question (GRPO's group; DPO: pairs are picked from them)
-    max_new_tokens: int = 8
-    temperature: float = 1.0
-    top_k: int = 0  # sample from the k most likely tokens (0: all; a tiny model's flat tail of
-    # never-seen byte tokens otherwise outweighs its end-of-turn token)
+    prompts_per_step: int = field(default=8, metadata={"help": "questions per step"})
+    group: int = field(default=8, metadata={
+        "help": "answers sampled per question (GRPO's group; DPO: pairs are picked from them)"})
+    max_new_tokens: int = field(default=8, metadata={"help": "the longest answer sampled"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    # a tiny model's flat tail of never-seen byte tokens otherwise outweighs its end-of-turn token
+    top_k: int = field(default=0, metadata={
+        "help": "sample from the k most likely tokens (0: all)"})
     lr: float = 5e-4
-    beta: float = 0.0  # KL penalty toward the starting model (0: none, as in DAPO and nanochat)
-    format_reward: float = 0.0  # added for an answer that is a bare number, right or wrong
-    dpo_beta: float = 0.1
-    dpo_questions: int = 512  # training questions sampled for DPO's pairs
+    beta: float = field(default=0.0, metadata={
+        "help": "KL penalty toward the starting model (0: none, as in DAPO and nanochat)"})
+    format_reward: float = field(default=0.0, metadata={
+        "help": "added for an answer that is a bare number, right or wrong"})
+    dpo_beta: float = field(default=0.1, metadata={"help": "DPO's beta"})
+    dpo_questions: int = field(default=512, metadata={
+        "help": "training questions sampled for DPO's pairs"})
     lora_r: int = 16
     lora_alpha: int = 32
     seed: int = 0
     checkpoint_every: int = 50
-    eval_every: int = 25
-    eval_n: int = 200  # held-out questions for accuracy and pass@8
-    device: str = "auto"  # auto|cpu|cuda|mps (serving/device.py; TRL places the model itself)
-    precision: str = "auto"  # auto|fp32|bf16|fp16
+    eval_every: int = field(default=25, metadata={"help": "steps between accuracy measures"})
+    eval_n: int = field(default=200, metadata={
+        "help": "held-out questions for accuracy and pass@8"})
+    device: str = device_field()  # TRL places the model itself (trl_placement)
+    precision: str = precision_field()
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -260,23 +270,8 @@ def plot(history: list[dict], curve: list, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = ArgumentParser(prog="python -m training.rl", description=__doc__.split("\n")[0])
-    p.add_argument("--base", help="the supervised model (default: the recipe's rl.base)")
-    p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--method", choices=METHODS, help="grpo (default) or dpo")
-    p.add_argument("--task", help="the task to improve (default sum3)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
-    add_force_flag(p)
-    add_device_arguments(p)
-    args = p.parse_args(argv)
+    s, args = parse_settings(parser(), RLSettings, "rl", argv)
     out: Path = args.out
-    s = load_settings(RLSettings, out, "rl", {k: getattr(args, k) for k in (
-        "base", "method", "task", "steps", "lr", "seed", "checkpoint_every", "device",
-        "precision")})
     placement = trl_placement(s)
     if not s.base:
         raise UsageError(f"no base model: give --base or set rl.base in {out}/recipe.yaml; "
@@ -286,17 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     check_output(out, s.base, argv=argv, force=args.force, resume=args.resume)
     check_base(s.base)
     set_seed(s.seed)
-    settings = asdict(s)
-    ckpt = out / CHECKPOINT
-    if args.resume:  # check_output made sure there is a checkpoint
-        check_resume(ckpt, settings)
-    elif ckpt.exists():
-        import shutil
-
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(ckpt / "state.json", {"settings": settings})
-
+    ckpt = start_checkpoint(out / CHECKPOINT, asdict(s), args.resume)
     print(f"running on {placement.describe()}", flush=True)
     model, tok = load_base(s.base, trust_remote_code=False)
     model.to(placement.device)  # sampling the before/after measure and DPO's pairs
@@ -306,70 +291,116 @@ def main(argv: list[str] | None = None) -> None:
     before = measure(model, tok, held, s)
     print(f"{s.task} before: accuracy {before['accuracy']:.1%}, pass@8 {before['pass_at_8']:.1%}")
     curve: list = [(0, before["accuracy"])]
-    callbacks = [progress_callback(tok, held, s, curve)]
-    if s.method == "grpo":
-        trainer = grpo_trainer(s, s.base, train, ckpt, callbacks, placement)
-    else:
-        pairs = dpo_pairs(model, tok, train, s)
-        print(f"DPO: {len(pairs)} pairs (right vs wrong) from the model's own answers")
-        trainer = dpo_trainer(s, s.base, pairs, ckpt, callbacks, placement)
-    resume = bool(args.resume and any(ckpt.glob("checkpoint-*")))
-    trainer.train(resume_from_checkpoint=resume or None)
-    # The adapter alone, kept before merging: merge_and_unload removes it from the model.
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    adapter = {k: v.detach().to("cpu").clone().contiguous()
-               for k, v in get_peft_model_state_dict(trainer.model).items()}
-    adapter_config = trainer.model.peft_config["default"]
-    merged = trainer.model.merge_and_unload().eval()
+    trainer = make_trainer(s, model, tok, train, ckpt, [progress_callback(tok, held, s, curve)],
+                           placement)
+    trainer.train(resume_from_checkpoint=bool(args.resume and any(ckpt.glob("checkpoint-*")))
+                  or None)
+    adapter, adapter_config, merged = take_adapter(trainer.model)
     after = measure(merged, tok, held, s)
     seconds = round(time.perf_counter() - t0, 1)
     print(f"{s.task} after {s.method}: accuracy {after['accuracy']:.1%}, "
           f"pass@8 {after['pass_at_8']:.1%} ({seconds} s)")
-    history = trainer.state.log_history
     report = {"method": s.method, "task": s.task, "steps": s.steps, "seconds": seconds,
               "before": before, "after": after, "accuracy_over_steps": curve,
               **placement.record()}
-
-    def save(folder: Path) -> None:
-        adapter_config.save_pretrained(folder / "adapter")  # PEFT format, as finetune writes
-        save_file(adapter, folder / "adapter" / "adapter_model.safetensors", {"format": "pt"})
-        merged.to("cpu").save_pretrained(folder, safe_serialization=True)  # float32, no device
-        tok.save_pretrained(folder)
-        atomic_write_json(folder / "rl.json", report)
-        plot(history, curve, folder / "rl.png", f"{s.method.upper()} on {s.task}")
-
-    def evaluate(folder: Path) -> dict:
-        from training.evaluate import evaluate
-
-        where = {"device": s.device, "precision": s.precision}  # where the training ran
-        return {"rl": {**evaluate(folder, "torch", 200, **where), "model": str(out)}}
-
-    def card(evals: dict) -> dict:
-        table = {t: f"{r['accuracy']:.1%} ({r['correct']}/{r['n']})"
-                 for t, r in evals["rl"]["tasks"].items()}
-        return {
-            "What": f"{s.base} after {s.method.upper()} on the task {s.task!r} "
-                    "(`python -m training.rl`), LoRA merged into the weights.",
-            f"{s.task}: before and after (held-out)": {
-                "accuracy (greedy)": f"{before['accuracy']:.1%} → {after['accuracy']:.1%}",
-                "pass@8 (temperature 1)": f"{before['pass_at_8']:.1%} → {after['pass_at_8']:.1%}",
-                "seconds": seconds},
-            "Settings": settings,
-            "Every task (held-out, exact match)": table,
-            "Reward and accuracy over steps": "![rl](rl.png)",
-        }
-
-    loss_history = [(h["step"], round(h["loss"], 5)) for h in history if "loss" in h]
-    metrics = {"method": s.method, "task": s.task, "steps": s.steps, "seconds": seconds,
-               "before": before, "after": after, **placement.record()}
-    finish_stage(out, Finish(save, {**metrics, "settings": settings, "made_from": {
-        "base": s.base, "base_weights": weights_fingerprint(s.base)}}, loss_history,
-        f"{out.name}: {s.method.upper()} of {Path(s.base).name} on {s.task}", card, evaluate),
-                 ckpt)
+    publish_rl(out, s, report, trainer.state.log_history,
+               functools.partial(save, adapter, adapter_config, merged, tok), ckpt)
     print(json.dumps(report))
     print(f"saved {out}")
+
+
+def parser() -> ArgumentParser:
+    """The flags that are not settings; parse_settings adds one flag per setting."""
+    p = ArgumentParser(prog="python -m training.rl", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    add_force_flag(p)
+    return p
+
+
+def start_checkpoint(ckpt: Path, settings: dict, resume: bool) -> Path:
+    """<out>/checkpoint with the run's settings: checked against them on --resume (check_output
+    made sure there is one), else started afresh."""
+    if resume:
+        check_resume(ckpt, settings)
+    elif ckpt.exists():
+        import shutil
+
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(ckpt / "state.json", {"settings": settings})
+    return ckpt
+
+
+def make_trainer(s: RLSettings, model, tok, train: list[tasks.Example], ckpt: Path, callbacks,
+                 placement: device.Placement):
+    """TRL's GRPO trainer, or DPO's on pairs sampled from the model itself."""
+    if s.method == "grpo":
+        return grpo_trainer(s, s.base, train, ckpt, callbacks, placement)
+    pairs = dpo_pairs(model, tok, train, s)
+    print(f"DPO: {len(pairs)} pairs (right vs wrong) from the model's own answers")
+    return dpo_trainer(s, s.base, pairs, ckpt, callbacks, placement)
+
+
+def take_adapter(peft_model):
+    """(the adapter's weights on the CPU, its config, the merged model): the adapter alone is
+    kept before merging, as merge_and_unload removes it from the model."""
+    from peft import get_peft_model_state_dict
+
+    adapter = {k: v.detach().to("cpu").clone().contiguous()
+               for k, v in get_peft_model_state_dict(peft_model).items()}
+    adapter_config = peft_model.peft_config["default"]
+    return adapter, adapter_config, peft_model.merge_and_unload().eval()
+
+
+def save(adapter: dict, adapter_config, merged, tok, report: dict, history: list[dict],
+         title: str, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    adapter_config.save_pretrained(folder / "adapter")  # PEFT format, as finetune writes
+    save_file(adapter, folder / "adapter" / "adapter_model.safetensors", {"format": "pt"})
+    merged.to("cpu").save_pretrained(folder, safe_serialization=True)  # float32, no device
+    tok.save_pretrained(folder)
+    atomic_write_json(folder / "rl.json", report)
+    plot(history, report["accuracy_over_steps"], folder / "rl.png", title)
+
+
+def publish_rl(out: Path, s: RLSettings, report: dict, history: list[dict], save_model,
+               ckpt: Path) -> None:
+    """The model folder: weights, adapter, rl.json, rl.png, eval.json, loss.png and card."""
+    title = f"{s.method.upper()} on {s.task}"
+    loss_history = [(h["step"], round(h["loss"], 5)) for h in history if "loss" in h]
+    metrics = {k: v for k, v in report.items() if k != "accuracy_over_steps"}
+    made_from = {"base": s.base, "base_weights": weights_fingerprint(s.base)}
+    finish_stage(out, Finish(
+        functools.partial(save_model, report, history, title),
+        {**metrics, "settings": asdict(s), "made_from": made_from}, loss_history,
+        f"{out.name}: {s.method.upper()} of {Path(s.base).name} on {s.task}",
+        functools.partial(card, s, report), functools.partial(evaluate_rl, s, out)), ckpt)
+
+
+def evaluate_rl(s: RLSettings, out: Path, folder: Path) -> dict:
+    from training.evaluate import evaluate
+
+    where = {"device": s.device, "precision": s.precision}  # where the training ran
+    return {"rl": {**evaluate(folder, "torch", 200, **where), "model": str(out)}}
+
+
+def card(s: RLSettings, report: dict, evals: dict) -> dict:
+    before, after = report["before"], report["after"]
+    table = {t: f"{r['accuracy']:.1%} ({r['correct']}/{r['n']})"
+             for t, r in evals["rl"]["tasks"].items()}
+    return {
+        "What": f"{s.base} after {s.method.upper()} on the task {s.task!r} "
+                "(`python -m training.rl`), LoRA merged into the weights.",
+        f"{s.task}: before and after (held-out)": {
+            "accuracy (greedy)": f"{before['accuracy']:.1%} → {after['accuracy']:.1%}",
+            "pass@8 (temperature 1)": f"{before['pass_at_8']:.1%} → {after['pass_at_8']:.1%}",
+            "seconds": report["seconds"]},
+        "Settings": asdict(s),
+        "Every task (held-out, exact match)": table,
+        "Reward and accuracy over steps": "![rl](rl.png)",
+    }
 
 
 if __name__ == "__main__":

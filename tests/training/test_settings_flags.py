@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from serving.helpers import ArgumentParser, UsageError
-from training import finetune, pretrain
+from training import finetune, pretrain, rl
 from training.stage import flag_name, parse_settings
 
 # (the stage's main, its settings class, its recipe section); a migrated stage is added here
 STAGES = [(pretrain.main, pretrain.PretrainSettings, "pretrain"),
-          (finetune.main, finetune.FinetuneSettings, "finetune")]
+          (finetune.main, finetune.FinetuneSettings, "finetune"),
+          (rl.main, rl.RLSettings, "rl")]
 
 
 def help_text(main) -> str:
