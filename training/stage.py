@@ -198,10 +198,9 @@ def _bool_value(text: str) -> bool:
 def _flag_help(f: dataclasses.Field) -> str:
     """The field's help, with its dataclass default unless the help speaks of the default."""
     text = f.metadata.get("help", "")
-    if "default" not in text:
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        shown = json.dumps(default) if isinstance(default, (list, dict)) or default == "" \
-            else default
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if "default" not in text and default != "":  # "" is "not set": nothing to show
+        shown = json.dumps(default) if isinstance(default, (list, dict)) else default
         text = f"{text} (default {shown})".strip()
     return text.replace("%", "%%")  # argparse formats help with %
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from serving.helpers import ArgumentParser, UsageError
-from training import finetune, pretrain, rl
+from training import finetune, import_gguf, pretrain, rl
 from training.stage import flag_name, parse_settings
 
 # (the stage's main, its settings class, its recipe section); a migrated stage is added here
 STAGES = [(pretrain.main, pretrain.PretrainSettings, "pretrain"),
           (finetune.main, finetune.FinetuneSettings, "finetune"),
-          (rl.main, rl.RLSettings, "rl")]
+          (rl.main, rl.RLSettings, "rl"),
+          (import_gguf.main, import_gguf.ImportSettings, "import_gguf")]
 
 
 def help_text(main) -> str:
@@ -42,7 +43,10 @@ def parser() -> ArgumentParser:
     return p
 
 
-@pytest.mark.parametrize("main, cls, section", STAGES, ids=[s[2] for s in STAGES])
+TORCH_STAGES = [s for s in STAGES if s[1] is not import_gguf.ImportSettings]
+
+
+@pytest.mark.parametrize("main, cls, section", TORCH_STAGES, ids=[s[2] for s in TORCH_STAGES])
 def test_a_flag_overrides_the_recipe_which_overrides_the_default(main, cls, section, tmp_path):
     (tmp_path / "recipe.yaml").write_text(f"{section}:\n  seed: 7\n  device: cpu\n")
     s, _ = parse_settings(parser(), cls, section, ["--out", str(tmp_path), "--seed", "3"])
@@ -64,3 +68,13 @@ def test_an_alias_sets_its_field(tmp_path):
     s, _ = parse_settings(finetune.parser(), finetune.FinetuneSettings, "finetune",
                           ["--out", str(tmp_path), "--base-model", "some/model"])
     assert s.base == "some/model"
+
+
+def test_import_gguf_takes_its_source_from_the_recipe_or_a_flag(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("import_gguf:\n  gguf: a.gguf\n")
+    s, _ = parse_settings(parser(), import_gguf.ImportSettings, "import_gguf",
+                          ["--out", str(tmp_path)])
+    assert (s.gguf, s.from_package) == ("a.gguf", "")
+    s, _ = parse_settings(parser(), import_gguf.ImportSettings, "import_gguf",
+                          ["--out", str(tmp_path), "--gguf", "b.gguf"])
+    assert s.gguf == "b.gguf"
