@@ -83,12 +83,13 @@ def read_recipe(folder: str | Path, section: str) -> dict[str, Any]:
     return dict(data.get(section) or {})
 
 
-def load_settings(cls: type[S], out: Path, section: str, flags: dict[str, Any]) -> S:
+def load_settings(cls: type[S], out: Path | None, section: str, flags: dict[str, Any]) -> S:
     """A stage's settings: its dataclass defaults, overridden by the `section` of
-    <out>/recipe.yaml, overridden by the command-line flags that were given. A mistyped or
-    mis-typed key fails here, at start-up, with one line (not at step 1,000)."""
+    <out>/recipe.yaml (none when `out` is None: a command with no model folder), overridden by
+    the command-line flags that were given. A mistyped or mis-typed key fails here, at
+    start-up, with one line (not at step 1,000)."""
     hints = typing.get_type_hints(cls)
-    recipe = read_recipe(out, section)
+    recipe = read_recipe(out, section) if out is not None else {}
     unknown = sorted(set(recipe) - set(hints))
     if unknown:
         raise UsageError(f"unknown {section} setting(s) in {out / RECIPE}: {', '.join(unknown)} "
@@ -121,9 +122,10 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
 # A stage's flags are its settings' fields, the way transformers.HfArgumentParser turns
 # TrainingArguments into flags: `lr: float = 3e-3` is `--lr` (a float), a `snake_case` field is
 # `--snake-case`. A field's metadata may give "help", "aliases" (more names, e.g. --base-model),
-# "choices", or "flag": False (recipe-only). A list or dict field takes JSON (--tasks
-# '["sum3"]'), as its recipe key does in YAML. Every flag defaults to None: not given means the
-# recipe's value, else the dataclass default.
+# "choices", "type" (the flag's parser, e.g. a comma list), or "flag": False (recipe-only). A
+# list or dict field takes JSON (--tasks '["sum3"]'), as its recipe key does in YAML, unless it
+# names its own "type". Every flag defaults to None: not given means the recipe's value, else
+# the dataclass default.
 
 
 def device_field(what: str = "the model") -> Any:
@@ -148,21 +150,22 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if f.metadata.get("flag", True) is False:
             continue
         parser.add_argument(flag_name(f.name), *f.metadata.get("aliases", ()), dest=f.name,
-                            type=_flag_type(hints[f.name]), choices=f.metadata.get("choices"),
+                            type=f.metadata.get("type") or _flag_type(hints[f.name]),
+                            choices=f.metadata.get("choices"),
                             default=None, help=_flag_help(f))
 
 
 def parse_settings(parser: argparse.ArgumentParser, cls: type[S], section: str,
                    argv: list[str] | None) -> tuple[S, argparse.Namespace]:
-    """Parse argv with the settings' flags added to `parser` (which has --out and the stage's
-    other flags), then load_settings: defaults < <out>/recipe.yaml `section` < given flags,
-    then check(). Returns the settings and the parsed arguments (for the other flags)."""
+    """Parse argv with the settings' flags added to `parser` (which has the stage's other
+    flags), then load_settings: defaults < <out>/recipe.yaml `section` (when the parser has an
+    --out) < given flags, then check(). Returns the settings and the parsed arguments."""
     add_settings_flags(parser, cls)
     args = parser.parse_args(argv)
-    return settings_from(cls, args, args.out, section), args
+    return settings_from(cls, args, getattr(args, "out", None), section), args
 
 
-def settings_from(cls: type[S], args: argparse.Namespace, out: Path, section: str) -> S:
+def settings_from(cls: type[S], args: argparse.Namespace, out: Path | None, section: str) -> S:
     """load_settings with the values of add_settings_flags' flags in `args`."""
     flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
     return load_settings(cls, out, section, flags)

@@ -13,13 +13,16 @@ import pytest
 
 from serving.helpers import ArgumentParser, UsageError
 from training import finetune, import_gguf, pretrain, rl
+from training.federated import __main__ as federated
+from training.federated.lora import LoraSettings
 from training.stage import flag_name, parse_settings
 
 # (the stage's main, its settings class, its recipe section); a migrated stage is added here
 STAGES = [(pretrain.main, pretrain.PretrainSettings, "pretrain"),
           (finetune.main, finetune.FinetuneSettings, "finetune"),
           (rl.main, rl.RLSettings, "rl"),
-          (import_gguf.main, import_gguf.ImportSettings, "import_gguf")]
+          (import_gguf.main, import_gguf.ImportSettings, "import_gguf"),
+          (federated.main, LoraSettings, "federated")]
 
 
 def help_text(main) -> str:
@@ -43,7 +46,8 @@ def parser() -> ArgumentParser:
     return p
 
 
-TORCH_STAGES = [s for s in STAGES if s[1] is not import_gguf.ImportSettings]
+# the stages with a recipe and a seed (federated has no --out, so no recipe)
+TORCH_STAGES = [s for s in STAGES if s[1] not in (import_gguf.ImportSettings, LoraSettings)]
 
 
 @pytest.mark.parametrize("main, cls, section", TORCH_STAGES, ids=[s[2] for s in TORCH_STAGES])
@@ -78,3 +82,11 @@ def test_import_gguf_takes_its_source_from_the_recipe_or_a_flag(tmp_path):
     s, _ = parse_settings(parser(), import_gguf.ImportSettings, "import_gguf",
                           ["--out", str(tmp_path), "--gguf", "b.gguf"])
     assert s.gguf == "b.gguf"
+
+
+def test_federated_lora_alpha_follows_lora_r_unless_given():
+    s, _ = parse_settings(federated.parser(), LoraSettings, "federated", ["--lora-r", "4"])
+    assert (s.lora_r, s.lora_alpha, s.tasks) == (4, 8, ["addition", "subtraction", "glossary"])
+    s, _ = parse_settings(federated.parser(), LoraSettings, "federated",
+                          ["--lora-alpha", "5", "--tasks", "addition, glossary", "--clients", "2"])
+    assert (s.lora_r, s.lora_alpha, s.tasks) == (16, 5, ["addition", "glossary"])

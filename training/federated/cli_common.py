@@ -25,6 +25,11 @@ def number(positive: bool = False):
     return parse
 
 
+def comma_list(text: str) -> list[str]:
+    """An argparse type: 'a,b' → ['a', 'b'] (blank items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def client_round(text: str) -> tuple[int, int]:
     try:
         client, rnd = (int(v) for v in text.split(":"))

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.helpers import UsageError
+from training.federated.cli_common import comma_list, number
+from training.stage import device_field, flag_name, precision_field
 
 if TYPE_CHECKING:
     from training.trainer import TrainConfig
@@ -40,24 +42,48 @@ WEIGHTINGS = ("uniform", "examples")
 
 @dataclass
 class LoraSettings:
-    base: str = "models/tiny-base"
+    """The federated LoRA run's settings; its flags (python -m training.federated) are these
+    fields (training.stage.add_settings_flags). No recipe: the defaults, then the flags."""
+
+    base: str = field(default="models/tiny-base",
+                      metadata={"help": "the base model folder (default models/tiny-base)"})
     clients: int = 3
     rounds: int = 50
-    local_steps: int = 10  # few steps between averages: less drift towards one task
+    # few steps between averages: less drift towards one task
+    local_steps: int = field(default=10, metadata={
+        "help": "optimizer steps each client takes per round"})
     batch_size: int = 32
-    lr: float = 3e-3  # peak: warm-up, then cosine decay over each run (training.trainer)
-    warmup: int = 50
+    # peak: warm-up, then cosine decay over each run (training.trainer)
+    lr: float = field(default=3e-3, metadata={"type": number(positive=True)})
+    warmup: int = field(default=50, metadata={"help": "learning-rate warm-up steps"})
     lora_r: int = 16
-    lora_alpha: int = 32
-    tasks: list = field(default_factory=lambda: ["addition", "subtraction", "glossary"])
-    weighting: str = "uniform"  # FedAvg's weights: equal per client, or by slice size
+    # Follows lora_r unless given (the CLI always set it to 2 * lora_r; now it says so).
+    lora_alpha: int | None = field(default=None, metadata={
+        "help": "LoRA's alpha (default: 2 * lora-r)"})
+    tasks: list = field(default_factory=lambda: ["addition", "subtraction", "glossary"],
+                        metadata={"type": comma_list, "help": "tasks dealt out to the clients, "
+                                  f"some of {','.join(TASK_ORDER)} (default "
+                                  "addition,subtraction,glossary)"})
+    weighting: str = field(default="uniform", metadata={
+        "choices": WEIGHTINGS, "help": "FedAvg weights: equal per client (each takes the same "
+        "number of steps) or by the number of examples it holds"})
     seed: int = 0
-    per_task: int = 50  # held-out questions per task in the evaluation
-    max_len: int = 128
-    noise: float = 0.0  # > 0: Flower's DifferentialPrivacyClientSideFixedClipping
-    clip: float = 1.0
-    device: str = "auto"  # where every client trains (serving/device.py); on a GPU they share it
-    precision: str = "auto"
+    per_task: int = field(default=50, metadata={
+        "help": "held-out questions per task in the evaluation"})
+    max_len: int = field(default=128, metadata={"help": "longest conversation, in tokens"})
+    noise: float = field(default=0.0, metadata={
+        "type": number(), "help": "noise multiplier of Flower's "
+        "DifferentialPrivacyClientSideFixedClipping (0: plain FedAvg)"})
+    clip: float = field(default=1.0, metadata={
+        "type": number(positive=True),
+        "help": "clipping norm of each client's adapter update, with --noise"})
+    # where every client trains (serving/device.py); on a GPU they share it
+    device: str = device_field("every client's model")
+    precision: str = precision_field()
+
+    def __post_init__(self) -> None:
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
 
     def placement(self):
         from serving.device import resolve
@@ -70,6 +96,12 @@ class LoraSettings:
         return [order[k::self.clients] for k in range(self.clients)]
 
     def check(self) -> None:
+        for name in ("clients", "rounds", "local_steps", "batch_size", "lora_r", "lora_alpha",
+                     "per_task"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{flag_name(name)} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
         unknown = sorted(set(self.tasks) - set(TASK_ORDER))
         if unknown or not self.tasks:
             raise UsageError(f"--tasks must be some of {','.join(TASK_ORDER)}; got "
