@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,13 @@ from serving.helpers import (
     cli_main,
     require_writable_file,
 )
-from serving.runtimes import add_device_arguments
+from training.stage import (
+    add_settings_flags,
+    device_field,
+    flag_name,
+    precision_field,
+    settings_from,
+)
 
 PROG = "python -m training.images"
 TASKS = ("generate", "classify")
@@ -55,16 +61,22 @@ CONFIDENT = 0.9  # a drawing "looks like a digit" when the classifier is this su
 class GenerateSettings:
     """The diffusion model: diffusers' UNet2DModel on 8x8 images, DDPM noise schedule."""
 
-    steps: int = 1500
-    batch_size: int = 256  # more images per step beat more steps here (see BENCHMARKS.md)
-    lr: float = 2e-3
-    warmup: int = 60
-    timesteps: int = 200  # diffusion steps (training and drawing)
-    channels: list = field(default_factory=lambda: [16, 32, 32])  # UNet widths, 8 -> 4 -> 2
-    ema_decay: float = 0.999
+    steps: int = field(default=1500, metadata={"help": "generate: training steps"})
+    # more images per step beat more steps here (see BENCHMARKS.md)
+    batch_size: int = field(default=256, metadata={
+        "help": "images per step (default: generate 256, classify 64)"})
+    lr: float = field(default=2e-3, metadata={
+        "help": "peak learning rate (default: generate 2e-3, classify 1e-3)"})
+    warmup: int = field(default=60, metadata={"help": "generate: warm-up steps"})
+    timesteps: int = field(default=200, metadata={
+        "help": "generate: diffusion steps (training and drawing)"})
+    channels: list = field(default_factory=lambda: [16, 32, 32], metadata={
+        "help": "generate: UNet widths, 8 -> 4 -> 2, JSON"})
+    ema_decay: float = field(default=0.999, metadata={
+        "help": "generate: decay of the weights' moving average"})
     seed: int = 0
-    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
-    precision: str = "auto"  # auto|fp32|bf16|fp16
+    device: str = device_field()
+    precision: str = precision_field()
 
     def check(self) -> None:
         _positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
@@ -77,19 +89,20 @@ class GenerateSettings:
 class ClassifySettings:
     """The vision transformer: transformers' ViT on 2x2 patches of the 8x8 images."""
 
-    epochs: int = 60
+    epochs: int = field(default=60, metadata={"help": "classify: training epochs"})
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 3
-    hidden_size: int = 64
-    layers: int = 4
-    heads: int = 4
-    patch_size: int = 2
-    shift_probability: float = 0.3  # a training image moves by one pixel with this probability
+    weight_decay: float = field(default=0.05, metadata={"help": "classify: AdamW's weight decay"})
+    warmup_epochs: int = field(default=3, metadata={"help": "classify: warm-up epochs"})
+    hidden_size: int = field(default=64, metadata={"help": "classify: ViT width"})
+    layers: int = field(default=4, metadata={"help": "classify: ViT layers"})
+    heads: int = field(default=4, metadata={"help": "classify: attention heads"})
+    patch_size: int = field(default=2, metadata={"help": "classify: patch side, in pixels"})
+    shift_probability: float = field(default=0.3, metadata={
+        "help": "classify: a training image moves by one pixel with this probability"})
     seed: int = 0
-    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps (serving/device.py)
-    precision: str = "auto"  # auto|fp32|bf16|fp16
+    device: str = device_field()
+    precision: str = precision_field()
 
     def check(self) -> None:
         _positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -406,42 +419,12 @@ def classify(s: ClassifySettings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--json", required=True, type=Path, help="write the report here")
-    p.add_argument("--samples", type=Path,
-                   help="generate: also save the 100 drawings here, (100, 8, 8) on 0-16 (.npy)")
-    p.add_argument("--grid", type=Path,
-                   help="generate: PNG of the drawings (default: the JSON's path with .png)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="generate: training steps (default 1500)")
-    p.add_argument("--epochs", type=int, help="classify: training epochs (default 60)")
-    add_device_arguments(p)
+    p = parser()
+    add_settings_flags(p, GenerateSettings, ClassifySettings)  # one flag per field name
     args = p.parse_args(argv)
-
-    if args.task == "classify":
-        for flag, value in (("--samples", args.samples), ("--grid", args.grid),
-                            ("--steps", args.steps)):
-            if value is not None:
-                raise UsageError(f"{flag} is for --task generate; "
-                                 f"run: {PROG} --task classify --json {args.json}")
-        settings = ClassifySettings(seed=args.seed)
-        if args.epochs is not None:
-            settings.epochs = args.epochs
-    else:
-        if args.epochs is not None:
-            raise UsageError(f"--epochs is for --task classify; use --steps; "
-                             f"run: {PROG} --task generate --json {args.json}")
-        if args.samples is not None and args.samples.suffix != ".npy":
-            raise UsageError(f"--samples must end in .npy, got {args.samples}; "
-                             f"run: {PROG} --task generate --json {args.json} "
-                             f"--samples {args.samples.with_suffix('.npy')}")
-        settings = GenerateSettings(seed=args.seed)
-        if args.steps is not None:
-            settings.steps = args.steps
-    settings.device = args.device or settings.device
-    settings.precision = args.precision or settings.precision
-    settings.check()
+    check_task_flags(args)
+    settings = settings_from(ClassifySettings if args.task == "classify" else GenerateSettings,
+                             args, None, "images")  # no recipe: the defaults, then the flags
     from serving import device
 
     print(f"running on {device.resolve(settings.device, settings.precision).describe()}",
@@ -451,30 +434,73 @@ def main(argv: list[str] | None = None) -> None:
     for out in outputs:
         if out is not None:
             require_writable_file(out)
-
     if args.task == "classify":
         report = classify(settings)
         print(f"ViT: test accuracy {report['test_accuracy']:.4f} "
               f"({report['test_correct']}/{report['test_images']}) in {report['seconds']} s")
     else:
-        result = generate(settings)
-        report, samples = result["report"], result["samples"]
-        labels = [f"{label} {p:.2f}" if p >= CONFIDENT else f"? {p:.2f}"
-                  for label, p in zip(result["labels"], result["probability"])]
-        save_grid(samples, labels, grid,
-                  f"100 digits drawn by the diffusion model; label = the classifier's digit and "
-                  f"probability ('?' below {CONFIDENT}); digit_likeness "
-                  f"{report['digit_likeness']:.2f}, {report['classes_present']} classes")
-        if args.samples is not None:
-            with atomic_path(args.samples) as tmp, open(tmp, "wb") as f:
-                np.save(f, samples)
-        print(f"diffusion: digit_likeness {report['digit_likeness']:.2f} "
-              f"({report['classes_present']} classes present; real test images "
-              f"{report['real_test_images']['digit_likeness']:.2f}, noise "
-              f"{report['uniform_noise']['digit_likeness']:.2f}) in {report['seconds']} s")
+        report = generate_and_save(settings, grid, args.samples)
     report["task"] = args.task
     atomic_write_json(args.json, report)
     print(f"wrote {args.json}" + (f", {grid}" if args.task == "generate" else ""))
+
+
+def parser() -> ArgumentParser:
+    """The flags that are not settings; main adds one flag per settings field."""
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--json", required=True, type=Path, help="write the report here")
+    p.add_argument("--samples", type=Path,
+                   help="generate: also save the 100 drawings here, (100, 8, 8) on 0-16 (.npy)")
+    p.add_argument("--grid", type=Path,
+                   help="generate: PNG of the drawings (default: the JSON's path with .png)")
+    return p
+
+
+def check_task_flags(args) -> None:
+    """Refuse a flag of the other --task: it would be ignored without a word."""
+    hint = f"run: {PROG} --task {args.task} --json {args.json}"
+    if args.task == "classify":
+        given = [("--samples", args.samples), ("--grid", args.grid)] + [
+            (flag_name(name), getattr(args, name)) for name in only_in(GenerateSettings)]
+        for flag, value in given:
+            if value is not None:
+                raise UsageError(f"{flag} is for --task generate; {hint}")
+        return
+    for name in only_in(ClassifySettings):
+        if getattr(args, name) is not None:
+            use = "use --steps; " if name == "epochs" else ""
+            raise UsageError(f"{flag_name(name)} is for --task classify; {use}{hint}")
+    if args.samples is not None and args.samples.suffix != ".npy":
+        raise UsageError(f"--samples must end in .npy, got {args.samples}; {hint} "
+                         f"--samples {args.samples.with_suffix('.npy')}")
+
+
+def only_in(cls: type) -> list[str]:
+    """The settings of one task that the other task does not have."""
+    other = ClassifySettings if cls is GenerateSettings else GenerateSettings
+    names = {f.name for f in fields(other)}
+    return [f.name for f in fields(cls) if f.name not in names]
+
+
+def generate_and_save(s: GenerateSettings, grid: Path, samples_path: Path | None) -> dict:
+    """Train the diffusion model, draw, save the grid (and the samples); its report."""
+    result = generate(s)
+    report, samples = result["report"], result["samples"]
+    labels = [f"{label} {p:.2f}" if p >= CONFIDENT else f"? {p:.2f}"
+              for label, p in zip(result["labels"], result["probability"])]
+    save_grid(samples, labels, grid,
+              f"100 digits drawn by the diffusion model; label = the classifier's digit and "
+              f"probability ('?' below {CONFIDENT}); digit_likeness "
+              f"{report['digit_likeness']:.2f}, {report['classes_present']} classes")
+    if samples_path is not None:
+        with atomic_path(samples_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, samples)
+    print(f"diffusion: digit_likeness {report['digit_likeness']:.2f} "
+          f"({report['classes_present']} classes present; real test images "
+          f"{report['real_test_images']['digit_likeness']:.2f}, noise "
+          f"{report['uniform_noise']['digit_likeness']:.2f}) in {report['seconds']} s")
+    return report
 
 
 if __name__ == "__main__":

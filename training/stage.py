@@ -143,16 +143,23 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of the settings dataclass `cls` (but those marked "flag": False)."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("flag", True) is False:
-            continue
-        parser.add_argument(flag_name(f.name), *f.metadata.get("aliases", ()), dest=f.name,
-                            type=f.metadata.get("type") or _flag_type(hints[f.name]),
-                            choices=f.metadata.get("choices"),
-                            default=None, help=_flag_help(f))
+def add_settings_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
+    """One flag per field of the settings dataclasses (but those marked "flag": False). A
+    command with several (training.images: one per --task) gets one flag per field name, from
+    the first class that has it."""
+    seen: set[str] = set()
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("flag", True) is not False and f.name not in seen:
+                seen.add(f.name)
+                _add_flag(parser, f, hints[f.name])
+
+
+def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any) -> None:
+    parser.add_argument(flag_name(f.name), *f.metadata.get("aliases", ()), dest=f.name,
+                        type=f.metadata.get("type") or _flag_type(hint),
+                        choices=f.metadata.get("choices"), default=None, help=_flag_help(f))
 
 
 def parse_settings(parser: argparse.ArgumentParser, cls: type[S], section: str,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
@@ -103,14 +102,14 @@ def test_classify_at_a_tiny_size_learns_something():
     assert report["history"][0][1] > report["final_loss"]
 
 
-def test_the_command_writes_json_samples_and_grid(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "GenerateSettings",
-                        functools.partial(images.GenerateSettings, **TINY_GENERATE))
+def test_the_command_writes_json_samples_and_grid(tmp_path):
     out = tmp_path / "gen.json"
+    tiny = ["--batch-size", "8", "--timesteps", "5", "--channels", "[8, 8]", "--warmup", "1"]
     images.main(["--task", "generate", "--json", str(out), "--samples", str(tmp_path / "s.npy"),
-                 "--steps", "2"])
+                 "--steps", "2", *tiny])  # every setting is a flag
     report = json.loads(out.read_text())
     assert report["task"] == "generate" and report["settings"]["steps"] == 2
+    assert report["settings"]["channels"] == [8, 8]
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (100, 8, 8) and 0 <= samples.min() and samples.max() <= 16
     assert (tmp_path / "gen.png").read_bytes()[:4] == b"\x89PNG"
@@ -121,6 +120,7 @@ def test_the_command_writes_json_samples_and_grid(tmp_path, monkeypatch):
     (["--task", "classify", "--json", "o.json", "--samples", "s.npy"], "--task classify"),
     (["--task", "generate", "--json", "o.json", "--samples", "s.txt"], "--samples s.npy"),
     (["--task", "generate", "--json", "o.json", "--epochs", "3"], "--task generate"),
+    (["--task", "classify", "--json", "o.json", "--timesteps", "3"], "--task classify"),
     (["--task", "draw", "--json", "o.json"], "--help"),
     (["--task", "generate", "--json", "o.json", "--steps", "0"], "--help"),
 ])

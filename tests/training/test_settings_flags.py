@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serving.helpers import ArgumentParser, UsageError
-from training import finetune, import_gguf, pretrain, rl
+from training import finetune, images, import_gguf, pretrain, rl
 from training.federated import __main__ as federated
 from training.federated.lora import LoraSettings
 from training.stage import flag_name, parse_settings
@@ -22,7 +22,9 @@ STAGES = [(pretrain.main, pretrain.PretrainSettings, "pretrain"),
           (finetune.main, finetune.FinetuneSettings, "finetune"),
           (rl.main, rl.RLSettings, "rl"),
           (import_gguf.main, import_gguf.ImportSettings, "import_gguf"),
-          (federated.main, LoraSettings, "federated")]
+          (federated.main, LoraSettings, "federated"),
+          (images.main, images.GenerateSettings, "images-generate"),
+          (images.main, images.ClassifySettings, "images-classify")]
 
 
 def help_text(main) -> str:
@@ -46,8 +48,8 @@ def parser() -> ArgumentParser:
     return p
 
 
-# the stages with a recipe and a seed (federated has no --out, so no recipe)
-TORCH_STAGES = [s for s in STAGES if s[1] not in (import_gguf.ImportSettings, LoraSettings)]
+# the stages with a recipe and a seed (federated and images have no --out, so no recipe)
+TORCH_STAGES = [s for s in STAGES if s[2] in ("pretrain", "finetune", "rl")]
 
 
 @pytest.mark.parametrize("main, cls, section", TORCH_STAGES, ids=[s[2] for s in TORCH_STAGES])
