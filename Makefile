@@ -16,7 +16,7 @@ TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 PYTHON_OK := import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else \
   f"error: the lock is tested on Python 3.11, this is {v[0]}.{v[1]}; run: make install PYTHON=python3.11")
 
-.PHONY: install install-scratch system-deps demo test test-all lint lock bench clean
+.PHONY: install install-scratch system-deps demo web test test-all lint lock bench clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c '$(PYTHON_OK)'
@@ -53,6 +53,11 @@ system-deps:
 # The main job: the whole pipeline on the embedded default, ending in the chat app.
 demo: install
 	$(PY) -m training.pipeline --serve
+
+# The default model as a static site that runs in the visitor's browser (needs `make demo` first,
+# and npm: the first build runs `npm ci`). Serve it: python -m http.server -d site 8000
+web: install
+	$(PY) -m serving.web --model models/tiny-chat --out site
 
 # The tests (CI runs this): everything but those marked slow (the end-to-end build of the
 # default model, whole-recipe runs), which `make test-all` adds.
