@@ -44,11 +44,15 @@ install-scratch:
 lock:
 	$(PYTHON) scripts/lock.py $(if $(TORCH),--torch $(TORCH))
 
-# Debian packages the end-to-end tests need: a real browser and Go's text/template (Ollama's engine).
+# Debian packages the end-to-end tests need: a real browser, Go's text/template (Ollama's engine),
+# and npm for the in-browser site's pinned JavaScript (only where no npm is installed yet).
 system-deps:
 	@command -v chromium >/dev/null && command -v go >/dev/null || \
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium golang-go >/dev/null; }
+	@command -v npm >/dev/null || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
 
 # The main job: the whole pipeline on the embedded default, ending in the chat app.
 demo: install
