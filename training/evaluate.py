@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,31 @@ from serving.helpers import (
     require_writable_file,
     weights_fingerprint,
 )
-from serving.runtimes import RUNTIMES, add_runtime_arguments, load_backend, runtime_options
+from serving.runtimes import RUNTIMES, load_backend, runtime_options
 from training import tasks
+from training.stage import add_settings_flags, device_field, precision_field, settings_from
+
+
+@dataclass
+class EvalSettings:
+    """How python -m training.evaluate scores a model (its flags are these fields; no recipe)."""
+
+    runtime: str = field(default="torch", metadata={"choices": RUNTIMES})
+    per_task: int = field(default=200, metadata={"help": "held-out questions per task (max)"})
+    seed: int = field(default=0, metadata={"help": "which held-out sample to draw"})
+    gguf: Path | None = field(default=None, metadata={
+        "help": "with --runtime gguf: which file (default: the f16 export)"})
+    device: str = device_field("the torch runtime")
+    precision: str = precision_field()
+    gpu_layers: int | None = field(default=None, metadata={
+        "help": "gguf: layers llama.cpp puts on a GPU (default: all where its build has a GPU "
+                "backend, else 0)"})
+
+    def check(self) -> None:
+        if self.per_task < 1:
+            raise UsageError("--per-task must be >= 1; see: python -m training.evaluate --help")
+        if self.gguf and self.runtime != "gguf":
+            raise UsageError("--gguf needs --runtime gguf; see: python -m training.evaluate --help")
 
 
 def exact_match_accuracy(backend: Backend, examples: list[tasks.Example], batch: int = 64,
@@ -119,23 +143,15 @@ def evaluate(model_dir: str | Path, runtime: str = "torch", per_task: int = 200,
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, type=Path, help="model folder (e.g. models/tiny-chat)")
-    p.add_argument("--runtime", default="torch", choices=RUNTIMES)
-    p.add_argument("--per-task", type=int, default=200, help="held-out questions per task (max)")
-    p.add_argument("--seed", type=int, default=0, help="which held-out sample to draw")
-    p.add_argument("--gguf", type=Path,
-                   help="with --runtime gguf: which file (default: the f16 export)")
     p.add_argument("--json", type=Path, help="write the report here")
-    add_runtime_arguments(p)
+    add_settings_flags(p, EvalSettings)
     args = p.parse_args(argv)
-    require_model(args.model, made_by_hint(args.model))
-    if args.per_task < 1:
-        raise UsageError("--per-task must be >= 1; see: python -m training.evaluate --help")
-    if args.gguf and args.runtime != "gguf":
-        raise UsageError("--gguf needs --runtime gguf; see: python -m training.evaluate --help")
+    require_model(args.model, made_by_hint(args.model))  # before the settings' checks, as ever
+    s = settings_from(EvalSettings, args, None, "evaluate")
     if args.json:
         require_writable_file(args.json)  # before the evaluation, not after
-    report = evaluate(args.model, args.runtime, args.per_task, args.seed, args.gguf,
-                      **runtime_options(args.runtime, args))
+    report = evaluate(args.model, s.runtime, s.per_task, s.seed, s.gguf,
+                      **runtime_options(s.runtime, s))
     for task, r in report["tasks"].items():
         print(f"{task:12s} {r['accuracy']:6.1%}  ({r['correct']}/{r['n']})")
     print(f"{'perplexity':12s} {report['perplexity']:.3f}")

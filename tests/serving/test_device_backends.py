@@ -63,7 +63,8 @@ def test_torch_backend_refuses_an_absent_device(tiny_chat):
 
 def test_every_command_that_runs_a_model_takes_the_device_flags():
     """The stages, the evaluation and both servers have --device/--precision; the servers and
-    the evaluation --gpu-layers too (the flags come from serving/runtimes.py)."""
+    the evaluation --gpu-layers too (a stage's flags come from its settings' fields, training.
+    stage.device_field, the servers' from serving/runtimes.py: the same help text)."""
     import subprocess
     import sys
 

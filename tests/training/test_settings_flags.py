@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serving.helpers import ArgumentParser, UsageError
-from training import finetune, images, import_gguf, pretrain, rl
+from training import evaluate, finetune, images, import_gguf, pretrain, rl
 from training.federated import __main__ as federated
 from training.federated.lora import LoraSettings
 from training.stage import flag_name, parse_settings
@@ -24,7 +24,8 @@ STAGES = [(pretrain.main, pretrain.PretrainSettings, "pretrain"),
           (import_gguf.main, import_gguf.ImportSettings, "import_gguf"),
           (federated.main, LoraSettings, "federated"),
           (images.main, images.GenerateSettings, "images-generate"),
-          (images.main, images.ClassifySettings, "images-classify")]
+          (images.main, images.ClassifySettings, "images-classify"),
+          (evaluate.main, evaluate.EvalSettings, "evaluate")]
 
 
 def help_text(main) -> str:
