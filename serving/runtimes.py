@@ -2,9 +2,10 @@
 
     backend = load_backend("models/tiny-chat", "gguf")
 
-A new runtime is one module with a `Backend` subclass (see serving/backend.py) and one line in
-RUNTIMES. Runtime modules are imported only when asked for, so a machine without onnxruntime
-or llama.cpp can still serve with torch, and importing this registry stays light.
+A new runtime is one module with a `Backend` subclass (see serving/backend.py), one line in
+REGISTRY, and its export in training/pipeline.py's EXPORTS (docs/architecture.md). Runtime
+modules are imported only when asked for, so a machine without onnxruntime or llama.cpp can
+still serve with torch, and importing this registry stays light.
 """
 
 from __future__ import annotations

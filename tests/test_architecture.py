@@ -11,7 +11,10 @@ Every import counts, also those inside functions: a lazy import still ties two m
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -96,3 +99,54 @@ def test_each_runtime_is_its_own_module_behind_the_registry():
     for module, _cls in REGISTRY.values():
         assert "serving.backend" in edges[module]
         assert "serving.runtimes" not in edges[module]  # runtimes never import the registry
+
+
+# ---------------------------------------------------------------- the docs' maps of the tree
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+README = ROOT / "README.md"
+
+
+def where_table_references() -> list[str]:
+    """The `path` and `path:NAME` references of docs/architecture.md's "where new things go"."""
+    section = ARCHITECTURE.read_text().split("## Where new things go", 1)[1].split("\n## ")[0]
+    refs = re.findall(r"`([\w./-]+/[\w./<>-]*(?::\w+)?)`", section)
+    return [r for r in refs if "<" not in r]
+
+
+def test_the_where_table_names_only_what_exists():
+    refs = where_table_references()
+    assert len(refs) >= 15, refs
+    for ref in refs:
+        path, _, name = ref.partition(":")
+        assert (ROOT / path).exists(), f"docs/architecture.md names {path}, which does not exist"
+        if name:
+            text = (ROOT / path).read_text()
+            assert re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]", text, re.M), \
+                f"docs/architecture.md names {ref}: {path} defines no {name}"
+
+
+def layout_lines() -> dict[str, str]:
+    """README's layout block: each package's line (continuation lines joined)."""
+    block = README.read_text().split("## Layout", 1)[1].split("```")[1]
+    lines: dict[str, str] = {}
+    last = None
+    for line in block.splitlines():
+        head = re.match(r"^(\w+)/\s+(.*)$", line)
+        if head:
+            last = head.group(1)
+            lines[last] = head.group(2)
+        elif line.startswith(" ") and last:
+            lines[last] += " " + line.strip()
+    return lines
+
+
+@pytest.mark.parametrize("package", ["training", "serving", "scratch"])
+def test_readme_layout_lists_every_module_of_each_package(package: str):
+    listed_text = re.sub(r"\([^)]*\)", "", layout_lines()[package])
+    listed = {name.strip() for name in listed_text.split(",") if name.strip()}
+    folder = ROOT / package
+    present = {p.stem for p in folder.glob("*.py") if p.name != "__init__.py"}
+    present |= {p.name + "/" for p in folder.iterdir() if (p / "__init__.py").exists()}
+    assert listed == present, f"README's layout for {package}/: missing " \
+                              f"{sorted(present - listed)}, not there {sorted(listed - present)}"

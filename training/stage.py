@@ -222,10 +222,6 @@ def require_positive(**values: float) -> None:
             raise UsageError(f"{name.replace('_', '-')} must be a finite number > 0, got {value}")
 
 
-def settings_dict(settings: Any) -> dict[str, Any]:
-    return dataclasses.asdict(settings)
-
-
 # ---------------------------------------------------------------------------- model arguments
 
 
