@@ -198,20 +198,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def step_with(optimizer, loss, parameters, scaler) -> None:
-    """Backward, clip to 1.0, step: through the gradient scaler when float16 needs one."""
-    import torch
+    """Backward (scaled when float16 needs it), then the trainer's clip (to 1.0) and step."""
+    from training.trainer import clip_and_step
 
-    parameters = list(parameters)
-    if scaler is None:
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    scaler.step(optimizer)
-    scaler.update()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    clip_and_step(optimizer, list(parameters), 1.0, scaler)
 
 
 def _progress(total: int, desc: str):

@@ -294,15 +294,22 @@ def take_step(net: torch.nn.Module, opt: torch.optim.Optimizer,
     loss = backward_in_parts(net, batches, world, placement, scaler)
     if math.isfinite(float(loss)):
         params = [p for group in opt.param_groups for p in group["params"]]
-        if scaler is not None:
-            scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        clip_and_step(opt, params, cfg.grad_clip, scaler)
     return loss, sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def clip_and_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], grad_clip: float,
+                  scaler: torch.amp.GradScaler | None = None) -> None:
+    """Clip the gradients' norm to grad_clip and step; with float16's gradient scaler, the
+    gradients are unscaled first (so the clip sees their true size) and the scaler steps."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
 
 
 def train_window(model: torch.nn.Module,
