@@ -286,23 +286,22 @@ def is_artifact(name: str) -> bool:
 def is_checkpoint(path: Path) -> bool:
     """Whether `path` is <out>/checkpoint as a stage writes it (its state.json records the
     settings), not a user's folder of that name."""
-    if path.name != CHECKPOINT:
-        return False
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and "settings" in state
+    return path.name == CHECKPOINT and "settings" in _json_object(path / "state.json")
 
 
 def is_model_folder(out: Path) -> bool:
     """Whether `out` holds this project's done-marker (another tool's metrics.json has no
     `made_from`): a folder a stage published, or began to publish."""
+    return "made_from" in _json_object(out / DONE_MARKER)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file's content; {} when it is missing, unreadable or not an object."""
     try:
-        record = json.loads((out / DONE_MARKER).read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and "made_from" in record
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def command(argv: list[str] | None, drop: str = "", add: tuple[str, ...] = ()) -> str:
