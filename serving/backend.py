@@ -238,6 +238,12 @@ def _filled(skeleton: str, marks: list[int], sentinels: list[str], contents: lis
 # ---------------------------------------------------------------------------- backends
 
 
+def context_window(tokenizer: Any) -> int:
+    """How many tokens (prompt + reply) a model with this tokenizer takes."""
+    n = getattr(tokenizer, "model_max_length", 0)
+    return n if 0 < n < 1_000_000 else 512  # no limit given: a small safe window
+
+
 class Backend:
     """Shared by every runtime: tokenizer and chat template, stop tokens, generation slots.
 
@@ -277,8 +283,7 @@ class Backend:
     @property
     def context(self) -> int:
         """How many tokens (prompt + reply) the model takes."""
-        n = getattr(self.tokenizer, "model_max_length", 0)
-        return n if 0 < n < 1_000_000 else 512  # no limit given: a small safe window
+        return context_window(self.tokenizer)
 
     def prompt_ids(self, messages: Messages) -> list[int]:
         return self.chat.encode(messages).ids

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from serving.backend import Backend, BackendError, Piece, Sampling
+from serving.backend import Backend, BackendError, Piece, Sampling, context_window
 
 # Preference when a folder holds several exports: closest to the trained weights first.
 PREFERRED = ("f16", "q8_0", "f32")
@@ -39,6 +39,12 @@ def find_gguf(model_dir: str | Path) -> Path:
         return files[0]
     raise BackendError(f"{model_dir} has no GGUF export; "
                        f"run: python scripts/export_gguf.py {model_dir}")
+
+
+def gguf_context(tokenizer: Any) -> int:
+    """llama.cpp's window per slot: the model's, at most 4096 tokens (its KV cache is float32,
+    for exact parity with PyTorch). The in-browser site uses the same."""
+    return min(context_window(tokenizer), 4096)
 
 
 def gpu_offload(xl: Any, gpu_layers: int | None) -> tuple[int, str]:
@@ -109,7 +115,7 @@ class GgufBackend(Backend):
 
     @property
     def context(self) -> int:
-        return min(super().context, 4096)  # per slot: its KV cache is float32 (exact parity)
+        return gguf_context(self.tokenizer)
 
     def _request(self, prompt_ids: list[int], sampling: Sampling, **extra: Any) -> dict[str, Any]:
         return {"prompt": prompt_ids, "n_predict": sampling.max_new_tokens,

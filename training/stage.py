@@ -34,6 +34,7 @@ from serving.helpers import (
     atomic_write_text,
     normal_modes,
     program,
+    read_json_object,
     require_writable,
     temp_dir_beside,
 )
@@ -286,22 +287,13 @@ def is_artifact(name: str) -> bool:
 def is_checkpoint(path: Path) -> bool:
     """Whether `path` is <out>/checkpoint as a stage writes it (its state.json records the
     settings), not a user's folder of that name."""
-    return path.name == CHECKPOINT and "settings" in _json_object(path / "state.json")
+    return path.name == CHECKPOINT and "settings" in read_json_object(path / "state.json")
 
 
 def is_model_folder(out: Path) -> bool:
     """Whether `out` holds this project's done-marker (another tool's metrics.json has no
     `made_from`): a folder a stage published, or began to publish."""
-    return "made_from" in _json_object(out / DONE_MARKER)
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """A JSON object file's content; {} when it is missing, unreadable or not an object."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return "made_from" in read_json_object(out / DONE_MARKER)
 
 
 def command(argv: list[str] | None, drop: str = "", add: tuple[str, ...] = ()) -> str:

@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from serving.helpers import AtomicDir, UsageError
+from serving.gguf_backend import gguf_context
+from serving.helpers import AtomicDir, UsageError, read_json_object
 
 WEB = Path(__file__).parent
 PAGE = WEB / "page"
@@ -84,8 +85,7 @@ def site_config(model_dir: Path, gguf: Path, digest: str) -> dict[str, Any]:
     if not isinstance(template, str):
         raise UsageError(f"{model_dir}: the tokenizer has no chat template; "
                          f"run: python -m training.finetune --out {model_dir}")
-    n = getattr(tok, "model_max_length", 0)
-    context = min(n if 0 < n < 1_000_000 else 512, 4096)  # as serving/gguf_backend.py
+    context = gguf_context(tok)  # llama.cpp's window, as the gguf backend takes it
     return {
         "made_by": MADE_BY,
         "name": model_dir.name,
@@ -117,11 +117,7 @@ def copy_hashed(src: Path, dst: Path) -> str:
 
 
 def is_site(folder: Path) -> bool:
-    try:
-        marker = json.loads((folder / "site.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("made_by") == MADE_BY
+    return read_json_object(folder / "site.json").get("made_by") == MADE_BY
 
 
 def check_out(out: Path, model_dir: Path, force: bool, retry: str) -> None:
